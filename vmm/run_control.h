@@ -1,0 +1,83 @@
+// Coordinates the vCPU threads of one VM: run, pause at a safe point, stop.
+//
+// A vCPU is at a safe point when it is outside KVM_RUN with its last exit
+// fully handled, so its registers can be read and devices see no
+// half-finished access. Pause() returns once every vCPU is parked there.
+//
+// Thread safety: all methods are safe from any thread.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace forkvmm {
+
+// Why a VM stopped.
+struct VmExit {
+  enum class Reason {
+    kGuestReset,      // the guest reset the machine (its way to power off)
+    kGuestExitCode,   // a test guest wrote the debug device's exit register
+    kShutdown,        // triple fault
+    kError,           // KVM or device failure
+    kHostRequest,     // kill, quit, or a signal to the VMM
+  };
+  Reason reason = Reason::kHostRequest;
+  int status = 0;  // the process exit status this stop maps to
+  std::string message;
+};
+
+class RunControl {
+ public:
+  enum class Request { kRun, kPause, kStop };
+
+  // `kick` interrupts vCPU i: sets its immediate_exit flag and signals its
+  // thread. Called with the internal lock held.
+  RunControl(size_t vcpu_count, std::function<void(size_t)> kick)
+      : vcpu_count_(vcpu_count), kick_(std::move(kick)) {}
+
+  // --- vCPU thread side ---
+
+  // Called by vCPU `index` before each KVM_RUN. Parks while a pause is
+  // requested. Returns false when the vCPU must stop; otherwise calls
+  // `clear_exit_request` under the lock, so a concurrent Pause() cannot be
+  // lost between this check and KVM_RUN.
+  bool WaitUntilRunnable(size_t index, const std::function<void()>& clear_exit_request);
+
+  // --- controller side ---
+
+  // Requests a pause and waits until every vCPU thread is parked or has
+  // exited. Returns false if the VM stopped meanwhile.
+  bool Pause();
+  void Resume();
+  // Requests a stop with `exit` (the first request wins) and wakes
+  // everything. Safe from vCPU threads.
+  void Stop(VmExit exit);
+  bool stopped() const;
+  // Blocks until Stop() is called and returns its VmExit.
+  VmExit WaitForStop();
+  // Called by a vCPU thread as it leaves its loop.
+  void VcpuExited();
+  // Registers a callback run once, on the stopping thread, when Stop() is
+  // first called (the main loop uses it to wake up).
+  void OnStop(std::function<void()> callback);
+
+ private:
+  void KickAll();
+
+  mutable std::mutex mutex_;
+  std::condition_variable changed_;
+  const size_t vcpu_count_;
+  std::function<void(size_t)> kick_;
+  std::function<void()> on_stop_;
+  Request request_ = Request::kRun;
+  size_t parked_ = 0;
+  size_t exited_ = 0;
+  bool stop_requested_ = false;
+  VmExit exit_;
+};
+
+}  // namespace forkvmm

@@ -1,0 +1,164 @@
+#include "vmm/vcpu_thread.h"
+
+#include <signal.h>
+#include <time.h>
+
+#include <fmt/core.h>
+
+#include "vmm/base/log.h"
+
+namespace forkvmm {
+namespace {
+
+int KickSignal() { return SIGRTMIN; }
+
+uint64_t NowNanoseconds() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+RateLimiter g_unhandled_io_limiter(10, std::chrono::seconds(5));
+
+}  // namespace
+
+void VcpuThread::InstallKickSignalHandler() {
+  struct sigaction action {};
+  action.sa_handler = [](int) {};
+  sigemptyset(&action.sa_mask);
+  sigaction(KickSignal(), &action, nullptr);
+}
+
+void VcpuThread::Start() {
+  thread_ = std::thread([this] {
+    native_handle_.store(pthread_self());
+    started_.store(true);
+    std::string name = fmt::format("vcpu{}", vcpu_.id());
+    pthread_setname_np(pthread_self(), name.c_str());
+    Loop();
+    control_.VcpuExited();
+  });
+}
+
+void VcpuThread::Kick() {
+  vcpu_.RequestExit();
+  if (started_.load()) pthread_kill(native_handle_.load(), KickSignal());
+}
+
+void VcpuThread::Join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+VcpuStats VcpuThread::stats() const {
+  std::lock_guard lock(stats_mutex_);
+  return stats_;
+}
+
+void VcpuThread::Fail(std::string message) {
+  control_.Stop({VmExit::Reason::kError, 1, fmt::format("vCPU {}: {}", vcpu_.id(), message)});
+}
+
+void VcpuThread::Loop() {
+  // The kick signal must be deliverable on this thread.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, KickSignal());
+  pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+
+  auto clear = [this] { vcpu_.ClearExitRequest(); };
+  while (control_.WaitUntilRunnable(vcpu_.id(), clear)) {
+    uint64_t entered = NowNanoseconds();
+    Status status = vcpu_.Run();
+    uint64_t exited = NowNanoseconds();
+    if (!status.ok()) {
+      if (status.error().errnum() == EINTR || status.error().errnum() == EAGAIN) {
+        std::lock_guard lock(stats_mutex_);
+        ++stats_.interrupted_runs;
+        stats_.guest_nanoseconds += exited - entered;
+        continue;
+      }
+      Fail(status.error().message());
+      return;
+    }
+    bool keep_running = HandleExit();
+    uint64_t handled = NowNanoseconds();
+    {
+      std::lock_guard lock(stats_mutex_);
+      uint32_t reason = vcpu_.run_state()->exit_reason;
+      ++stats_.exits_by_reason[std::min<size_t>(reason, VcpuStats::kReasons - 1)];
+      stats_.guest_nanoseconds += exited - entered;
+      stats_.vmm_nanoseconds += handled - exited;
+    }
+    if (!keep_running) return;
+  }
+}
+
+bool VcpuThread::HandleExit() {
+  kvm_run& run = *vcpu_.run_state();
+  switch (run.exit_reason) {
+    case KVM_EXIT_IO:
+      HandlePortIo(run);
+      return true;
+    case KVM_EXIT_MMIO:
+      HandleMmio(run);
+      return true;
+    case KVM_EXIT_INTR:
+      return true;
+    case KVM_EXIT_HLT:
+      // Only without an in-kernel LAPIC; forkvmm always has one.
+      return true;
+    case KVM_EXIT_SHUTDOWN:
+      control_.Stop({VmExit::Reason::kShutdown, 1,
+                     fmt::format("vCPU {}: guest shut down (triple fault)", vcpu_.id())});
+      return false;
+    case KVM_EXIT_SYSTEM_EVENT:
+      if (run.system_event.type == KVM_SYSTEM_EVENT_RESET) {
+        control_.Stop({VmExit::Reason::kGuestReset, 0, "guest reset the machine"});
+      } else {
+        control_.Stop({VmExit::Reason::kGuestReset, 0, "guest powered off"});
+      }
+      return false;
+    case KVM_EXIT_FAIL_ENTRY:
+      Fail(fmt::format("KVM_RUN failed to enter the guest (hardware reason {:#x})",
+                       run.fail_entry.hardware_entry_failure_reason));
+      return false;
+    case KVM_EXIT_INTERNAL_ERROR: {
+      auto regs = vcpu_.GetRegs();
+      Fail(fmt::format("KVM internal error, suberror {} at rip {:#x}", run.internal.suberror,
+                       regs.ok() ? regs->rip : 0));
+      return false;
+    }
+    default:
+      Fail(fmt::format("unexpected KVM exit reason {}", run.exit_reason));
+      return false;
+  }
+}
+
+void VcpuThread::HandlePortIo(kvm_run& run) {
+  // KVM places the data inside the kvm_run mapping at data_offset; `count`
+  // accesses of `size` bytes each for string instructions.
+  auto* data = reinterpret_cast<uint8_t*>(&run) + run.io.data_offset;
+  for (uint32_t i = 0; i < run.io.count; ++i) {
+    std::span<uint8_t> bytes(data + size_t{i} * run.io.size, run.io.size);
+    bool claimed = run.io.direction == KVM_EXIT_IO_OUT ? pio_.Write(run.io.port, bytes)
+                                                       : pio_.Read(run.io.port, bytes);
+    if (!claimed) {
+      LogLimited(g_unhandled_io_limiter, LogLevel::kDebug, "vCPU {}: unclaimed port {} {:#x}",
+                 vcpu_.id(), run.io.direction == KVM_EXIT_IO_OUT ? "write to" : "read from",
+                 run.io.port);
+    }
+  }
+}
+
+void VcpuThread::HandleMmio(kvm_run& run) {
+  uint32_t length = std::min<uint32_t>(run.mmio.len, sizeof(run.mmio.data));
+  std::span<uint8_t> bytes(run.mmio.data, length);
+  bool claimed = run.mmio.is_write ? mmio_.Write(run.mmio.phys_addr, bytes)
+                                   : mmio_.Read(run.mmio.phys_addr, bytes);
+  if (!claimed) {
+    LogLimited(g_unhandled_io_limiter, LogLevel::kDebug, "vCPU {}: unclaimed MMIO {} {:#x}",
+               vcpu_.id(), run.mmio.is_write ? "write to" : "read from", run.mmio.phys_addr);
+  }
+}
+
+}  // namespace forkvmm

@@ -1,0 +1,90 @@
+// One virtual machine: KVM objects, guest RAM, vCPU threads and devices.
+//
+// Lifecycle: Create() builds everything and loads the guest (state
+// kCreated); Start() launches the vCPU threads (kRunning); Pause() parks them
+// at a safe point (kPaused) and Resume() lets them continue; a stop request
+// from the guest or the host ends the run, and WaitForStop() joins the
+// threads (kStopped).
+//
+// Thread safety: Start, Pause, Resume and WaitForStop are called from one
+// controlling thread; RequestStop from any thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "devices/bus.h"
+#include "devices/legacy/debug_device.h"
+#include "devices/legacy/i8042.h"
+#include "devices/legacy/serial.h"
+#include "memory/guest_memory.h"
+#include "vmm/host.h"
+#include "vmm/kvm/kvm.h"
+#include "vmm/run_control.h"
+#include "vmm/vcpu_thread.h"
+
+namespace forkvmm {
+
+struct VmConfig {
+  std::string kernel_path;
+  std::string initrd_path;  // empty: no initrd
+  std::string command_line;
+  uint64_t ram_bytes = 512 * memory::kMiB;
+  uint32_t vcpu_count = 1;
+  // Create KVM's in-kernel PIT. Off by default: KVM_CREATE_PIT2 starts a
+  // kernel thread that every fork child would pay for again, and Linux
+  // guests boot without it using kvmclock and the LAPIC timer.
+  bool create_pit = false;
+  memory::Backing memory_backing = memory::Backing::kAnonymous;
+  bool transparent_hugepages = true;
+};
+
+enum class VmState { kCreated, kRunning, kPaused, kStopped };
+
+class Vm {
+ public:
+  // Builds the VM and loads the guest. `console` receives the output of the
+  // serial port and the debug device.
+  static Result<std::unique_ptr<Vm>> Create(const VmConfig& config, const HostProfile& host,
+                                            std::shared_ptr<devices::ByteSink> console);
+  ~Vm();
+
+  void Start();
+  // Returns false if the VM stopped before every vCPU parked.
+  bool Pause();
+  void Resume();
+  void RequestStop(VmExit exit) { control_->Stop(std::move(exit)); }
+  // Blocks until the VM stops, joins the vCPU threads and returns why.
+  VmExit WaitForStop();
+
+  VmState state() const { return state_; }
+  const VmConfig& config() const { return config_; }
+  RunControl& control() { return *control_; }
+  devices::Serial& serial() { return *serial_; }
+  memory::GuestMemory& memory() { return memory_; }
+  std::vector<VcpuStats> vcpu_stats() const;
+
+ private:
+  Vm(VmConfig config, kvm::KvmVm vm, memory::GuestMemory memory)
+      : config_(std::move(config)), kvm_vm_(std::move(vm)), memory_(std::move(memory)) {}
+  Status RegisterMemory();
+  Status CreateVcpus(const kvm::KvmSystem& system, const HostProfile& host);
+  Status LoadGuest(const HostProfile& host);
+  Status CreateDevices(std::shared_ptr<devices::ByteSink> console);
+
+  VmConfig config_;
+  kvm::KvmVm kvm_vm_;
+  memory::GuestMemory memory_;
+  std::vector<kvm::KvmVcpu> vcpus_;
+  std::vector<std::unique_ptr<VcpuThread>> threads_;
+  std::unique_ptr<RunControl> control_;
+  devices::Bus pio_bus_{"port I/O"};
+  devices::Bus mmio_bus_{"MMIO"};
+  std::shared_ptr<devices::Serial> serial_;
+  std::shared_ptr<devices::IrqLine> serial_irq_;
+  VmState state_ = VmState::kCreated;
+};
+
+}  // namespace forkvmm
