@@ -4,6 +4,8 @@
 #include <CLI/CLI.hpp>
 
 #include <functional>
+#include <string>
+#include <vector>
 
 namespace forkvmm::cli {
 
@@ -18,5 +20,9 @@ struct Command {
 // Each command module defines one of these (tools/<name>_command.cc).
 Command AddRunCommand(CLI::App& parent);
 Command AddImgCommand(CLI::App& parent);
+// fork, ls, pause, resume, kill, console, logs (tools/vm_commands.cc).
+std::vector<Command> AddVmCommands(CLI::App& parent);
+// `forkvmm --fork <vm>`: the same as `forkvmm fork <vm>`.
+int RunForkShortcut(const std::string& vm, const std::string& runtime_dir);
 
 }  // namespace forkvmm::cli

@@ -7,7 +7,9 @@
 
 int main(int argc, char** argv) {
   CLI::App app{"forkvmm: a virtual machine monitor whose VMs fork like processes"};
-  app.require_subcommand(1);
+  app.require_subcommand(0, 1);
+  std::string fork_vm;
+  app.add_option("--fork", fork_vm, "Fork the VM with this id or name (same as `forkvmm fork`)");
   app.set_version_flag("--version", "forkvmm 0.1.0");
   bool verbose = false;
   app.add_flag("-v,--verbose", verbose, "Log debug messages");
@@ -15,6 +17,7 @@ int main(int argc, char** argv) {
   std::vector<forkvmm::cli::Command> commands;
   commands.push_back(forkvmm::cli::AddRunCommand(app));
   commands.push_back(forkvmm::cli::AddImgCommand(app));
+  for (auto& command : forkvmm::cli::AddVmCommands(app)) commands.push_back(std::move(command));
 
   try {
     app.parse(argc, argv);
@@ -25,6 +28,7 @@ int main(int argc, char** argv) {
   for (auto& command : commands) {
     if (command.app->parsed()) return command.run();
   }
+  if (!fork_vm.empty()) return forkvmm::cli::RunForkShortcut(fork_vm, "");
   std::fputs("forkvmm: no command given; see forkvmm --help\n", stderr);
   return 2;
 }

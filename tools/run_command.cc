@@ -1,4 +1,6 @@
 // `forkvmm run`: boot a guest in the foreground.
+#include <fcntl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -14,7 +16,7 @@
 #include "vmm/console.h"
 #include "vmm/host.h"
 #include "vmm/vm.h"
-#include "vmm/vm_runner.h"
+#include "vmm/vm_process.h"
 
 namespace forkvmm::cli {
 namespace {
@@ -31,6 +33,10 @@ struct RunArguments {
   bool no_hugepages = false;
   bool stats = false;
   bool no_stdin = false;
+  bool detach = false;
+  bool paused = false;
+  std::string name;
+  std::string runtime_dir;
 };
 
 constexpr const char* kDefaultCommandLine = "console=ttyS0 reboot=k panic=-1";
@@ -58,6 +64,39 @@ Status ApplyGuestDefaults(RunArguments& args) {
   return Ok();
 }
 
+// Reads the detached VM process's report: "ok <id>" or "error <message>".
+int WaitForDetachedVm(int ready_fd) {
+  std::string report;
+  char buffer[512];
+  ssize_t n;
+  while ((n = read(ready_fd, buffer, sizeof(buffer))) > 0) {
+    report.append(buffer, static_cast<size_t>(n));
+    if (report.find('\n') != std::string::npos) break;
+  }
+  report = report.substr(0, report.find('\n'));
+  if (report.starts_with("ok ")) {
+    std::printf("%s\n", report.substr(3).c_str());
+    return 0;
+  }
+  Fail(report.starts_with("error ") ? report.substr(6)
+                                    : "the VM process exited before its VM started");
+  return 1;
+}
+
+// Points stdin at /dev/null and stdout and stderr at `log_path`.
+void RedirectStdio(const std::string& log_path) {
+  int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+  int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (null_fd >= 0) dup2(null_fd, STDIN_FILENO);
+  if (log_fd < 0) log_fd = null_fd;
+  if (log_fd >= 0) {
+    dup2(log_fd, STDOUT_FILENO);
+    dup2(log_fd, STDERR_FILENO);
+  }
+  if (null_fd > STDERR_FILENO) close(null_fd);
+  if (log_fd > STDERR_FILENO && log_fd != null_fd) close(log_fd);
+}
+
 int Run(RunArguments& args) {
   Status defaults = ApplyGuestDefaults(args);
   if (!defaults.ok()) {
@@ -69,45 +108,71 @@ int Run(RunArguments& args) {
     Fail(fmt::format("--mem: {}", memory.error().message()));
     return 1;
   }
-  VmConfig config;
-  config.kernel_path = args.kernel;
-  config.initrd_path = args.initrd;
-  config.command_line = args.command_line;
-  config.ram_bytes = *memory;
-  config.vcpu_count = args.cpus;
-  config.create_pit = args.pit;
-  config.transparent_hugepages = !args.no_hugepages;
+  VmProcessOptions options;
+  options.config.kernel_path = args.kernel;
+  options.config.initrd_path = args.initrd;
+  options.config.command_line = args.command_line;
+  options.config.ram_bytes = *memory;
+  options.config.vcpu_count = args.cpus;
+  options.config.create_pit = args.pit;
+  options.config.transparent_hugepages = !args.no_hugepages;
+  options.host = DetectHost();
+  options.runtime_root = args.runtime_dir;
+  options.name = args.name;
+  options.foreground_console = !args.detach;
+  options.print_stats = args.stats;
 
-  std::shared_ptr<devices::ByteSink> console;
-  if (args.serial_log.empty()) {
-    console = std::make_shared<FdSink>(STDOUT_FILENO);
-  } else {
-    auto sink = FdSink::Open(args.serial_log);
-    if (!sink.ok()) {
-      Fail(fmt::format("--serial-log: {}", sink.error().message()));
+  if (args.detach) {
+    int pipe_fds[2];
+    if (pipe2(pipe_fds, O_CLOEXEC) != 0) {
+      Fail(Error::FromErrno("pipe2").message());
       return 1;
     }
-    console = *sink;
+    std::fflush(nullptr);
+    pid_t pid = fork();
+    if (pid < 0) {
+      Fail(Error::FromErrno("fork").message());
+      return 1;
+    }
+    if (pid > 0) {
+      close(pipe_fds[1]);
+      int status = WaitForDetachedVm(pipe_fds[0]);
+      close(pipe_fds[0]);
+      return status;
+    }
+    close(pipe_fds[0]);
+    setsid();
+    RedirectStdio("/dev/null");
+    options.ready_fd = pipe_fds[1];
   }
 
-  HostProfile host = DetectHost();
-  LOG_INFO("{}", host.Describe());
-  auto vm = Vm::Create(config, host, console);
-  if (!vm.ok()) {
-    Fail(vm.error().message());
+  LOG_INFO("{}", options.host.Describe());
+  int ready_fd = options.ready_fd;
+  auto process = VmProcess::Boot(std::move(options));
+  if (!process.ok()) {
+    if (ready_fd >= 0) {
+      std::string line = "error " + process.error().message() + "\n";
+      ssize_t unused = write(ready_fd, line.data(), line.size());
+      (void)unused;
+    }
+    Fail(process.error().message());
     return 1;
   }
-  auto exit = RunVm(**vm, {.attach_stdin = !args.no_stdin, .print_stats = args.stats});
-  if (!exit.ok()) {
-    Fail(exit.error().message());
-    return 1;
-  }
-  if (exit->reason == VmExit::Reason::kGuestReset || exit->status == 0) {
-    LOG_INFO("VM stopped: {}", exit->message);
+  const VmRecord& record = (*process)->record();
+  if (args.detach) {
+    auto runtime = RuntimeDirectory::Open(args.runtime_dir);
+    if (runtime.ok()) RedirectStdio(runtime->VmDirectory(record.id) + "/vmm.log");
   } else {
-    Fail(exit->message);
+    LOG_INFO("VM {} started{}; fork it with: forkvmm fork {}", record.id,
+             record.name.empty() ? "" : " as " + record.name, record.id);
   }
-  return exit->status;
+  VmExit exit = (*process)->Run(args.paused);
+  if (exit.reason == VmExit::Reason::kGuestReset || exit.status == 0) {
+    LOG_INFO("VM {} stopped: {}", record.id, exit.message);
+  } else {
+    Fail(exit.message);
+  }
+  return exit.status;
 }
 
 }  // namespace
@@ -139,6 +204,13 @@ Command AddRunCommand(CLI::App& parent) {
   app->add_flag("--no-hugepages", args->no_hugepages,
                 "Do not ask for transparent huge pages for guest RAM");
   app->add_flag("--no-stdin", args->no_stdin, "Do not forward stdin to the guest's serial port");
+  app->add_flag("-d,--detach", args->detach,
+                "Run the VM in the background; print its id once it runs");
+  app->add_option("--name", args->name, "A unique name to refer to the VM by");
+  app->add_flag("--paused", args->paused, "Create the VM paused; `forkvmm resume` starts it");
+  app->add_option("--runtime-dir", args->runtime_dir,
+                  "Where VMs register (default: $FORKVMM_RUNTIME_DIR, $XDG_RUNTIME_DIR/forkvmm "
+                  "or /run/forkvmm)");
   app->add_flag("--stats", args->stats,
                 "Print per-vCPU exit counts and time in guest and VMM when the VM stops");
   app->footer("The guest ends the VM by resetting the machine (reboot=k); Ctrl-A x quits.");

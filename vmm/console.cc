@@ -1,7 +1,14 @@
 #include "vmm/console.h"
 
 #include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
+
+#include <cstring>
+
+#include <fmt/core.h>
 
 namespace forkvmm {
 
@@ -39,6 +46,15 @@ std::optional<RawTerminal> RawTerminal::Enter(int fd) {
 RawTerminal::RawTerminal(RawTerminal&& other) noexcept
     : fd_(std::exchange(other.fd_, -1)), saved_(other.saved_) {}
 
+RawTerminal& RawTerminal::operator=(RawTerminal&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) tcsetattr(fd_, TCSANOW, &saved_);
+    fd_ = std::exchange(other.fd_, -1);
+    saved_ = other.saved_;
+  }
+  return *this;
+}
+
 RawTerminal::~RawTerminal() {
   if (fd_ >= 0) tcsetattr(fd_, TCSANOW, &saved_);
 }
@@ -63,6 +79,117 @@ std::string ConsoleEscape::Filter(std::span<const uint8_t> input, bool* quit) {
     }
   }
   return out;
+}
+
+}  // namespace forkvmm
+
+namespace forkvmm {
+namespace {
+
+void WriteAll(int fd, std::span<const uint8_t> bytes) {
+  const uint8_t* data = bytes.data();
+  size_t left = bytes.size();
+  while (left > 0) {
+    ssize_t n = write(fd, data, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    data += n;
+    left -= static_cast<size_t>(n);
+  }
+}
+
+}  // namespace
+
+Result<std::shared_ptr<ConsoleHub>> ConsoleHub::Create(const std::string& log_path,
+                                                       int terminal_fd) {
+  UniqueFd log(open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+  if (!log.valid()) return Error::FromErrno("open", log_path);
+  return std::shared_ptr<ConsoleHub>(new ConsoleHub(std::move(log), terminal_fd));
+}
+
+ConsoleHub::~ConsoleHub() { StopListening(); }
+
+void ConsoleHub::Write(std::span<const uint8_t> bytes) {
+  WriteAll(log_.get(), bytes);
+  if (terminal_fd_ >= 0) WriteAll(terminal_fd_, bytes);
+  std::lock_guard lock(mutex_);
+  for (auto& [fd, client] : clients_) {
+    if (client->dead) continue;
+    // A client that cannot keep up is dropped; the guest never waits.
+    ssize_t n = send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n != static_cast<ssize_t>(bytes.size())) client->dead = true;
+  }
+}
+
+Status ConsoleHub::Listen(const std::string& path, EventLoop& loop,
+                          std::function<void(std::span<const uint8_t>)> input) {
+  sockaddr_un address{};
+  if (path.size() >= sizeof(address.sun_path)) {
+    return Error(fmt::format("console socket path {} is too long", path));
+  }
+  listen_fd_.Reset(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!listen_fd_.valid()) return Error::FromErrno("socket", path);
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path, path.c_str(), path.size() + 1);
+  unlink(path.c_str());
+  mode_t old_mask = umask(0177);
+  int bound = bind(listen_fd_.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address));
+  umask(old_mask);
+  if (bound != 0) return Error::FromErrno("bind", path);
+  if (listen(listen_fd_.get(), 4) != 0) return Error::FromErrno("listen", path);
+  loop_ = &loop;
+  path_ = path;
+  input_ = std::move(input);
+  return loop.Add(listen_fd_.get(), EPOLLIN, [this](uint32_t) { Accept(); });
+}
+
+void ConsoleHub::StopListening() {
+  std::lock_guard lock(mutex_);
+  if (loop_ != nullptr) {
+    for (auto& [fd, client] : clients_) loop_->Remove(fd);
+    if (listen_fd_.valid()) loop_->Remove(listen_fd_.get());
+  }
+  clients_.clear();
+  if (listen_fd_.valid()) unlink(path_.c_str());
+  listen_fd_.Reset();
+  loop_ = nullptr;
+}
+
+void ConsoleHub::Accept() {
+  while (true) {
+    UniqueFd fd(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    if (!fd.valid()) return;
+    int client_fd = fd.get();
+    if (!loop_->Add(client_fd, EPOLLIN | EPOLLRDHUP,
+                    [this, client_fd](uint32_t) { OnClientReadable(client_fd); })
+             .ok()) {
+      continue;
+    }
+    std::lock_guard lock(mutex_);
+    clients_[client_fd] = std::make_unique<Client>(Client{std::move(fd), false});
+  }
+}
+
+void ConsoleHub::OnClientReadable(int fd) {
+  uint8_t buffer[1024];
+  ssize_t n = read(fd, buffer, sizeof(buffer));
+  bool dead;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = clients_.find(fd);
+    dead = it == clients_.end() || it->second->dead;
+  }
+  if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) || dead) {
+    DropClient(fd);
+    return;
+  }
+  if (n > 0 && input_) input_({buffer, static_cast<size_t>(n)});
+}
+
+void ConsoleHub::DropClient(int fd) {
+  loop_->Remove(fd);
+  std::lock_guard lock(mutex_);
+  clients_.erase(fd);
 }
 
 }  // namespace forkvmm

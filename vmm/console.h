@@ -5,12 +5,14 @@
 #include <termios.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 
 #include "devices/bus.h"
+#include "vmm/base/event_loop.h"
 #include "vmm/base/result.h"
 #include "vmm/base/unique_fd.h"
 
@@ -38,7 +40,7 @@ class RawTerminal {
  public:
   static std::optional<RawTerminal> Enter(int fd);
   RawTerminal(RawTerminal&& other) noexcept;
-  RawTerminal& operator=(RawTerminal&&) = delete;
+  RawTerminal& operator=(RawTerminal&& other) noexcept;
   ~RawTerminal();
 
  private:
@@ -59,6 +61,49 @@ class ConsoleEscape {
 
  private:
   bool escape_pending_ = false;
+};
+
+// Fans guest console output out to the VM's serial log, optionally a
+// terminal, and every client attached through the console socket; passes
+// client input to the guest.
+//
+// Thread safety: Write() may be called from any thread (vCPU threads);
+// everything else runs on the event loop's thread.
+class ConsoleHub : public devices::ByteSink {
+ public:
+  // `log_path`: the serial log (appended). `terminal_fd`: also copy output
+  // there (-1 for none); not owned.
+  static Result<std::shared_ptr<ConsoleHub>> Create(const std::string& log_path, int terminal_fd);
+  ~ConsoleHub() override;
+
+  void Write(std::span<const uint8_t> bytes) override;
+
+  // Accepts console clients on the unix socket `path` (mode 0600). Bytes a
+  // client sends go to `input`.
+  Status Listen(const std::string& path, EventLoop& loop,
+                std::function<void(std::span<const uint8_t>)> input);
+  // Stops listening and drops clients, as a fork child does with the
+  // sockets it inherited.
+  void StopListening();
+
+ private:
+  struct Client {
+    UniqueFd fd;
+    bool dead = false;
+  };
+  ConsoleHub(UniqueFd log, int terminal_fd) : log_(std::move(log)), terminal_fd_(terminal_fd) {}
+  void Accept();
+  void OnClientReadable(int fd);
+  void DropClient(int fd);
+
+  UniqueFd log_;
+  int terminal_fd_;
+  EventLoop* loop_ = nullptr;
+  std::string path_;
+  UniqueFd listen_fd_;
+  std::function<void(std::span<const uint8_t>)> input_;
+  std::mutex mutex_;  // guards clients_
+  std::map<int, std::unique_ptr<Client>> clients_;
 };
 
 }  // namespace forkvmm

@@ -19,6 +19,11 @@ void RunControl::KickAll() {
   for (size_t i = 0; i < vcpu_count_; ++i) kick_(i);
 }
 
+void RunControl::PauseBeforeStart() {
+  std::lock_guard lock(mutex_);
+  if (request_ == Request::kRun) request_ = Request::kPause;
+}
+
 bool RunControl::Pause() {
   std::unique_lock lock(mutex_);
   if (request_ == Request::kStop) return false;

@@ -49,6 +49,10 @@ class RunControl {
 
   // --- controller side ---
 
+  // Makes the vCPUs park as soon as they start, for a VM that starts paused.
+  // Call before the vCPU threads start.
+  void PauseBeforeStart();
+
   // Requests a pause and waits until every vCPU thread is parked or has
   // exited. Returns false if the VM stopped meanwhile.
   bool Pause();

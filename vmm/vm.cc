@@ -12,6 +12,7 @@
 #include "vmm/boot/mptable.h"
 #include "vmm/boot/page_tables.h"
 #include "vmm/boot/vcpu_boot.h"
+#include "vmm/state_capture.h"
 
 namespace forkvmm {
 namespace {
@@ -41,26 +42,24 @@ class IrqfdLine : public devices::IrqLine {
   UniqueFd fd_;
 };
 
-}  // namespace
-
-Result<std::unique_ptr<Vm>> Vm::Create(const VmConfig& config, const HostProfile& host,
-                                       std::shared_ptr<devices::ByteSink> console) {
-  ASSIGN_OR_RETURN(kvm::KvmSystem system, kvm::KvmSystem::Open());
+Status CheckVcpuCount(const kvm::KvmSystem& system, uint32_t count) {
   int max_vcpus = system.CheckExtension(KVM_CAP_MAX_VCPUS);
   uint32_t limit = std::min<uint32_t>(boot::kMaxMpTableCpus,
                                       max_vcpus > 0 ? static_cast<uint32_t>(max_vcpus) : 1);
-  if (config.vcpu_count == 0 || config.vcpu_count > limit) {
-    return Error(fmt::format("invalid vCPU count {}: this host supports 1 to {}",
-                             config.vcpu_count, limit));
+  if (count == 0 || count > limit) {
+    return Error(fmt::format("invalid vCPU count {}: this host supports 1 to {}", count, limit));
   }
-  ASSIGN_OR_RETURN(memory::GuestMemory memory,
-                   memory::GuestMemory::Create({.ram_bytes = config.ram_bytes,
-                                                .backing = config.memory_backing,
-                                                .transparent_hugepages =
-                                                    config.transparent_hugepages}));
-  ASSIGN_OR_RETURN(kvm::KvmVm kvm_vm, system.CreateVm());
-  std::unique_ptr<Vm> vm(new Vm(config, std::move(kvm_vm), std::move(memory)));
+  return Ok();
+}
 
+}  // namespace
+
+Result<std::unique_ptr<Vm>> Vm::CreateMachine(const VmConfig& config,
+                                              memory::GuestMemory memory) {
+  ASSIGN_OR_RETURN(kvm::KvmSystem system, kvm::KvmSystem::Open());
+  TRY(CheckVcpuCount(system, config.vcpu_count));
+  ASSIGN_OR_RETURN(kvm::KvmVm kvm_vm, system.CreateVm());
+  std::unique_ptr<Vm> vm(new Vm(config, std::move(system), std::move(kvm_vm), std::move(memory)));
   // Memory slots first: KVM_CREATE_IRQCHIP before them makes the first slot
   // commit wait 4-10 ms for an SRCU grace period.
   TRY(vm->RegisterMemory());
@@ -68,10 +67,67 @@ Result<std::unique_ptr<Vm>> Vm::Create(const VmConfig& config, const HostProfile
   TRY(vm->kvm_vm_.SetIdentityMapAddress(boot::kKvmIdentityMapAddress));
   TRY(vm->kvm_vm_.CreateIrqchip());
   if (config.create_pit) TRY(vm->kvm_vm_.CreatePit());
-  TRY(vm->CreateVcpus(system, host));
+  ASSIGN_OR_RETURN(vm->msrs_to_save_, MsrsToSave(vm->system_));
+  return vm;
+}
+
+Result<std::unique_ptr<Vm>> Vm::Create(const VmConfig& config, const HostProfile& host,
+                                       std::shared_ptr<devices::ByteSink> console) {
+  ASSIGN_OR_RETURN(memory::GuestMemory memory,
+                   memory::GuestMemory::Create({.ram_bytes = config.ram_bytes,
+                                                .backing = config.memory_backing,
+                                                .transparent_hugepages =
+                                                    config.transparent_hugepages}));
+  ASSIGN_OR_RETURN(std::unique_ptr<Vm> vm, CreateMachine(config, std::move(memory)));
+  TRY(vm->CreateVcpus(host));
   TRY(vm->LoadGuest(host));
   TRY(vm->CreateDevices(std::move(console)));
   return vm;
+}
+
+Result<std::unique_ptr<Vm>> Vm::Restore(const VmConfig& config, const HostProfile&,
+                                        std::shared_ptr<devices::ByteSink> console,
+                                        memory::GuestMemory memory,
+                                        const snapshot::VmState& state) {
+  if (state.machine.ram_bytes != memory.ram_bytes() ||
+      state.machine.vcpu_count != config.vcpu_count ||
+      state.vcpus.size() != config.vcpu_count || state.machine.has_pit != config.create_pit) {
+    return Error("saved VM state does not match the machine configuration");
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<Vm> vm, CreateMachine(config, std::move(memory)));
+  TRY_CTX(RestoreIrqchip(vm->kvm_vm_, state.irqchip), "restoring the interrupt controllers");
+  if (state.pit) TRY_CTX(vm->kvm_vm_.SetPit(*state.pit), "restoring the PIT");
+  for (const snapshot::VcpuState& vcpu_state : state.vcpus) {
+    ASSIGN_OR_RETURN(kvm::KvmVcpu vcpu, vm->kvm_vm_.CreateVcpu(vcpu_state.id));
+    TRY_CTX(RestoreVcpu(vcpu, vcpu_state), fmt::format("restoring vCPU {}", vcpu_state.id));
+    vm->cpuid_.push_back(vcpu_state.cpuid);
+    vm->vcpus_.push_back(std::move(vcpu));
+  }
+  // The clock last: KVM_SET_CLOCK makes kvmclock continue from the captured
+  // value, so the guest sees no time pass while it was paused.
+  TRY_CTX(vm->kvm_vm_.SetClock(state.clock), "restoring kvmclock");
+  TRY(vm->CreateDevices(std::move(console)));
+  vm->serial_->Restore(state.serial);
+  return vm;
+}
+
+Result<snapshot::VmState> Vm::CaptureState() const {
+  snapshot::VmState state;
+  state.machine = {memory_.ram_bytes(), config_.vcpu_count, config_.create_pit};
+  for (size_t i = 0; i < vcpus_.size(); ++i) {
+    ASSIGN_OR_RETURN_CTX(snapshot::VcpuState vcpu,
+                         CaptureVcpu(vcpus_[i], msrs_to_save_, cpuid_[i]),
+                         fmt::format("capturing vCPU {}", i));
+    state.vcpus.push_back(std::move(vcpu));
+  }
+  ASSIGN_OR_RETURN(state.irqchip, CaptureIrqchip(kvm_vm_));
+  if (config_.create_pit) {
+    ASSIGN_OR_RETURN(kvm_pit_state2 pit, kvm_vm_.GetPit());
+    state.pit = pit;
+  }
+  ASSIGN_OR_RETURN(state.clock, kvm_vm_.GetClock());
+  state.serial = serial_->Save();
+  return state;
 }
 
 Vm::~Vm() {
@@ -89,7 +145,8 @@ Status Vm::RegisterMemory() {
   return Ok();
 }
 
-Status Vm::CreateVcpus(const kvm::KvmSystem& system, const HostProfile& host) {
+Status Vm::CreateVcpus(const HostProfile& host) {
+  const kvm::KvmSystem& system = system_;
   ASSIGN_OR_RETURN(kvm::CpuidEntries supported, system.GetSupportedCpuid());
   boot::CpuidPolicy policy;
   policy.vcpu_count = config_.vcpu_count;
@@ -98,8 +155,8 @@ Status Vm::CreateVcpus(const kvm::KvmSystem& system, const HostProfile& host) {
   policy.hidden_kvm_features = host.hidden_kvm_features;
   for (uint32_t id = 0; id < config_.vcpu_count; ++id) {
     ASSIGN_OR_RETURN(kvm::KvmVcpu vcpu, kvm_vm_.CreateVcpu(id));
-    TRY_CTX(vcpu.SetCpuid(boot::BuildGuestCpuid(supported, id, policy)),
-            fmt::format("vCPU {}", id));
+    cpuid_.push_back(boot::BuildGuestCpuid(supported, id, policy));
+    TRY_CTX(vcpu.SetCpuid(cpuid_.back()), fmt::format("vCPU {}", id));
     TRY_CTX(boot::SetupCommonVcpuState(vcpu), fmt::format("vCPU {}", id));
     vcpus_.push_back(std::move(vcpu));
   }
@@ -156,14 +213,16 @@ Status Vm::CreateDevices(std::shared_ptr<devices::ByteSink> console) {
   return Ok();
 }
 
-void Vm::Start() {
+void Vm::Start(bool paused) {
   VcpuThread::InstallKickSignalHandler();
+  if (paused) control_->PauseBeforeStart();
   threads_.reserve(vcpus_.size());
   for (auto& vcpu : vcpus_) {
     threads_.push_back(std::make_unique<VcpuThread>(vcpu, pio_bus_, mmio_bus_, *control_));
   }
   for (auto& thread : threads_) thread->Start();
-  state_ = VmState::kRunning;
+  if (paused && !control_->Pause()) return;  // waits until all vCPUs parked
+  state_ = paused ? VmState::kPaused : VmState::kRunning;
 }
 
 bool Vm::Pause() {

@@ -20,6 +20,7 @@
 #include "devices/legacy/i8042.h"
 #include "devices/legacy/serial.h"
 #include "memory/guest_memory.h"
+#include "snapshot/vm_state.h"
 #include "vmm/host.h"
 #include "vmm/kvm/kvm.h"
 #include "vmm/run_control.h"
@@ -49,9 +50,28 @@ class Vm {
   // serial port and the debug device.
   static Result<std::unique_ptr<Vm>> Create(const VmConfig& config, const HostProfile& host,
                                             std::shared_ptr<devices::ByteSink> console);
+
+  // Builds a VM on existing guest RAM and restores `state` into it, paused
+  // (state kCreated; Start() runs it). A fork child passes the RAM it
+  // inherited from its parent.
+  static Result<std::unique_ptr<Vm>> Restore(const VmConfig& config, const HostProfile& host,
+                                             std::shared_ptr<devices::ByteSink> console,
+                                             memory::GuestMemory memory,
+                                             const snapshot::VmState& state);
   ~Vm();
 
-  void Start();
+  // Captures vCPU, interrupt controller, clock and device state. The VM
+  // must be paused.
+  Result<snapshot::VmState> CaptureState() const;
+
+  // Hands the guest RAM mapping to a new owner. Used only in a fork child,
+  // whose copy of this object is abandoned, never destroyed: its threads do
+  // not exist in the child and its fds are closed wholesale.
+  memory::GuestMemory TakeMemoryForChild() { return std::move(memory_); }
+
+  // Starts the vCPU threads; with `paused` they park at once (state
+  // kPaused) until Resume().
+  void Start(bool paused = false);
   // Returns false if the VM stopped before every vCPU parked.
   bool Pause();
   void Resume();
@@ -67,17 +87,26 @@ class Vm {
   std::vector<VcpuStats> vcpu_stats() const;
 
  private:
-  Vm(VmConfig config, kvm::KvmVm vm, memory::GuestMemory memory)
-      : config_(std::move(config)), kvm_vm_(std::move(vm)), memory_(std::move(memory)) {}
+  Vm(VmConfig config, kvm::KvmSystem system, kvm::KvmVm vm, memory::GuestMemory memory)
+      : config_(std::move(config)),
+        system_(std::move(system)),
+        kvm_vm_(std::move(vm)),
+        memory_(std::move(memory)) {}
+  // Creates the KVM VM, its memory slots, irqchip and PIT around `memory`.
+  static Result<std::unique_ptr<Vm>> CreateMachine(const VmConfig& config,
+                                                   memory::GuestMemory memory);
   Status RegisterMemory();
-  Status CreateVcpus(const kvm::KvmSystem& system, const HostProfile& host);
+  Status CreateVcpus(const HostProfile& host);
   Status LoadGuest(const HostProfile& host);
   Status CreateDevices(std::shared_ptr<devices::ByteSink> console);
 
   VmConfig config_;
+  kvm::KvmSystem system_;
   kvm::KvmVm kvm_vm_;
   memory::GuestMemory memory_;
   std::vector<kvm::KvmVcpu> vcpus_;
+  std::vector<kvm::CpuidEntries> cpuid_;  // per vCPU, as set
+  std::vector<uint32_t> msrs_to_save_;
   std::vector<std::unique_ptr<VcpuThread>> threads_;
   std::unique_ptr<RunControl> control_;
   devices::Bus pio_bus_{"port I/O"};

@@ -1,0 +1,361 @@
+// Commands that act on running VMs through the runtime directory and their
+// control sockets: fork, ls, pause, resume, kill, console, logs.
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <thread>
+
+#include <fmt/core.h>
+
+#include "tools/command.h"
+#include "vmm/console.h"
+#include "vmm/control_client.h"
+#include "vmm/runtime.h"
+#include "vmm/vm_process.h"
+
+namespace forkvmm::cli {
+namespace {
+
+using nlohmann::json;
+
+struct Target {
+  std::string vm;
+  std::string runtime_dir;
+};
+
+void Fail(const std::string& command, const std::string& message) {
+  std::fprintf(stderr, "forkvmm %s: %s\n", command.c_str(), message.c_str());
+}
+
+void AddTargetOptions(CLI::App* app, Target& target) {
+  app->add_option("vm", target.vm, "VM id, unique id prefix, or name")->required();
+  app->add_option("--runtime-dir", target.runtime_dir,
+                  "Where VMs register (default: $FORKVMM_RUNTIME_DIR, $XDG_RUNTIME_DIR/forkvmm "
+                  "or /run/forkvmm)");
+}
+
+struct Located {
+  RuntimeDirectory runtime;
+  VmRecord record;
+};
+
+Result<Located> Locate(const Target& target) {
+  ASSIGN_OR_RETURN(RuntimeDirectory runtime, RuntimeDirectory::Open(target.runtime_dir));
+  ASSIGN_OR_RETURN(VmRecord record, runtime.Find(target.vm));
+  return Located{std::move(runtime), std::move(record)};
+}
+
+Result<ControlClient> Connect(const Located& located) {
+  return ControlClient::Connect(located.runtime.VmDirectory(located.record.id) + "/control.sock");
+}
+
+// Runs one control command on the target VM and prints nothing on success.
+int SimpleCommand(const std::string& name, const Target& target, const std::string& command) {
+  auto located = Locate(target);
+  if (!located.ok()) {
+    Fail(name, located.error().message());
+    return 1;
+  }
+  auto client = Connect(*located);
+  if (!client.ok()) {
+    Fail(name, client.error().message());
+    return 1;
+  }
+  auto reply = client->Execute(command);
+  if (!reply.ok()) {
+    Fail(name, fmt::format("VM {}: {}", located->record.id, reply.error().message()));
+    return 1;
+  }
+  return 0;
+}
+
+// --- fork ---
+
+struct ForkArguments {
+  Target target;
+  int64_t count = 1;
+  bool paused = false;
+  std::string name;
+  bool json_output = false;
+};
+
+int RunFork(const ForkArguments& args) {
+  if (args.count < 1 || args.count > VmProcess::kMaxForkCount) {
+    Fail("fork", fmt::format("invalid --count {}: expected 1 to {}", args.count,
+                             VmProcess::kMaxForkCount));
+    return 1;
+  }
+  auto located = Locate(args.target);
+  if (!located.ok()) {
+    Fail("fork", located.error().message());
+    return 1;
+  }
+  auto client = Connect(*located);
+  if (!client.ok()) {
+    Fail("fork", client.error().message());
+    return 1;
+  }
+  json arguments = {{"count", args.count}, {"paused", args.paused}};
+  if (!args.name.empty()) arguments["name"] = args.name;
+  auto reply = client->Execute("fork", arguments);
+  if (!reply.ok()) {
+    Fail("fork", fmt::format("VM {}: {}", located->record.id, reply.error().message()));
+    return 1;
+  }
+  if (args.json_output) {
+    std::printf("%s\n", reply->dump(2).c_str());
+    return 0;
+  }
+  for (const json& child : (*reply)["children"]) {
+    std::printf("%s\n", child["id"].get<std::string>().c_str());
+  }
+  return 0;
+}
+
+Command AddFork(CLI::App& parent, const std::shared_ptr<ForkArguments>& args) {
+  CLI::App* app = parent.add_subcommand("fork", "Fork a running or paused VM into new VMs");
+  AddTargetOptions(app, args->target);
+  app->add_option("-n,--count", args->count, "Number of children")->capture_default_str();
+  app->add_flag("--paused", args->paused, "Leave the children paused");
+  app->add_option("--name", args->name,
+                  "Name of the child (with --count N, names get -1 .. -N appended)");
+  app->add_flag("--json", args->json_output, "Print the children as JSON (id, name, pid)");
+  app->footer("Prints the id of each child, one per line. Each child is its own process.");
+  return {app, [args] { return RunFork(*args); }};
+}
+
+// --- ls ---
+
+std::string FormatDuration(int64_t milliseconds) {
+  int64_t seconds = milliseconds / 1000;
+  if (seconds < 60) return fmt::format("{}s", seconds);
+  if (seconds < 3600) return fmt::format("{}m{}s", seconds / 60, seconds % 60);
+  return fmt::format("{}h{}m", seconds / 3600, (seconds / 60) % 60);
+}
+
+int RunList(const std::string& runtime_dir, bool json_output) {
+  auto runtime = RuntimeDirectory::Open(runtime_dir);
+  if (!runtime.ok()) {
+    Fail("ls", runtime.error().message());
+    return 1;
+  }
+  int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::system_clock::now().time_since_epoch())
+                    .count();
+  json list = json::array();
+  for (const VmRecord& record : runtime->List()) {
+    std::string state = "unknown";
+    auto client = ControlClient::Connect(runtime->VmDirectory(record.id) + "/control.sock",
+                                         std::chrono::seconds(2));
+    if (client.ok()) {
+      auto status = client->Execute("query-status");
+      if (status.ok()) state = status->value("status", "unknown");
+    }
+    list.push_back({{"id", record.id},
+                    {"name", record.name},
+                    {"parent_id", record.parent_id},
+                    {"state", state},
+                    {"pid", record.pid},
+                    {"ram_bytes", record.ram_bytes},
+                    {"vcpu_count", record.vcpu_count},
+                    {"uptime_ms", now - record.created_unix_ms}});
+  }
+  if (json_output) {
+    std::printf("%s\n", list.dump(2).c_str());
+    return 0;
+  }
+  std::printf("%-12s  %-16s  %-12s  %-9s  %-8s  %8s  %4s  %s\n", "ID", "NAME", "PARENT", "STATE",
+              "PID", "MEMORY", "CPUS", "UPTIME");
+  for (const json& vm : list) {
+    std::printf("%-12s  %-16s  %-12s  %-9s  %-8d  %7lluM  %4u  %s\n",
+                vm["id"].get<std::string>().c_str(), vm["name"].get<std::string>().c_str(),
+                vm["parent_id"].get<std::string>().c_str(), vm["state"].get<std::string>().c_str(),
+                vm["pid"].get<int>(),
+                static_cast<unsigned long long>(vm["ram_bytes"].get<uint64_t>() >> 20),
+                vm["vcpu_count"].get<uint32_t>(),
+                FormatDuration(vm["uptime_ms"].get<int64_t>()).c_str());
+  }
+  return 0;
+}
+
+// --- kill ---
+
+int RunKill(const Target& target, double timeout_seconds) {
+  auto located = Locate(target);
+  if (!located.ok()) {
+    Fail("kill", located.error().message());
+    return 1;
+  }
+  pid_t pid = located->record.pid;
+  auto client = Connect(*located);
+  if (client.ok()) {
+    auto reply = client->Execute("quit");
+    (void)reply;
+  }
+  auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_seconds);
+  while (ProcessAlive(pid) && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (ProcessAlive(pid)) {
+    // The VM did not stop in time: end its process. The pid came from the
+    // VM's own record and was checked alive just now.
+    kill(pid, SIGKILL);
+    located->runtime.RemoveVm(located->record.id);
+  }
+  return 0;
+}
+
+// --- console ---
+
+int RunConsole(const Target& target) {
+  auto located = Locate(target);
+  if (!located.ok()) {
+    Fail("console", located.error().message());
+    return 1;
+  }
+  std::string path = located->runtime.VmDirectory(located->record.id) + "/console.sock";
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(address.sun_path)) {
+    Fail("console", "console socket path is too long");
+    return 1;
+  }
+  std::memcpy(address.sun_path, path.c_str(), path.size() + 1);
+  UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd.valid() || connect(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address))) {
+    Fail("console", Error::FromErrno("connect", path).message());
+    return 1;
+  }
+  bool terminal = isatty(STDIN_FILENO);
+  if (terminal) {
+    std::fprintf(stderr, "Connected to VM %s; press Ctrl-] to detach.\r\n",
+                 located->record.id.c_str());
+  }
+  std::optional<RawTerminal> raw = RawTerminal::Enter(STDIN_FILENO);
+  constexpr uint8_t kDetachByte = 0x1d;  // Ctrl-]
+  bool stdin_open = true;
+  while (true) {
+    pollfd fds[2] = {{fd.get(), POLLIN, 0}, {STDIN_FILENO, static_cast<short>(stdin_open ? POLLIN : 0), 0}};
+    if (poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (fds[0].revents) {
+      char buffer[4096];
+      ssize_t n = read(fd.get(), buffer, sizeof(buffer));
+      if (n <= 0) break;  // the VM stopped
+      ssize_t unused = write(STDOUT_FILENO, buffer, static_cast<size_t>(n));
+      (void)unused;
+    }
+    if (fds[1].revents) {
+      uint8_t buffer[256];
+      ssize_t n = read(STDIN_FILENO, buffer, sizeof(buffer));
+      if (n <= 0) {
+        stdin_open = false;
+        continue;
+      }
+      if (terminal && std::memchr(buffer, kDetachByte, static_cast<size_t>(n)) != nullptr) break;
+      if (send(fd.get(), buffer, static_cast<size_t>(n), MSG_NOSIGNAL) < 0) break;
+    }
+  }
+  raw.reset();
+  if (terminal) std::fprintf(stderr, "\nDetached from VM %s.\n", located->record.id.c_str());
+  return 0;
+}
+
+// --- logs ---
+
+int RunLogs(const Target& target, bool follow) {
+  auto located = Locate(target);
+  if (!located.ok()) {
+    Fail("logs", located.error().message());
+    return 1;
+  }
+  std::string path = located->runtime.VmDirectory(located->record.id) + "/serial.log";
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    Fail("logs", fmt::format("cannot open {}", path));
+    return 1;
+  }
+  char buffer[8192];
+  while (true) {
+    in.read(buffer, sizeof(buffer));
+    std::streamsize n = in.gcount();
+    if (n > 0) {
+      std::fwrite(buffer, 1, static_cast<size_t>(n), stdout);
+      std::fflush(stdout);
+      continue;
+    }
+    if (!follow || !ProcessAlive(located->record.pid)) break;
+    in.clear();
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return 0;
+}
+
+}  // namespace
+
+std::vector<Command> AddVmCommands(CLI::App& parent) {
+  std::vector<Command> commands;
+  auto fork_args = std::make_shared<ForkArguments>();
+  commands.push_back(AddFork(parent, fork_args));
+
+  auto list_dir = std::make_shared<std::string>();
+  auto list_json = std::make_shared<bool>(false);
+  CLI::App* ls = parent.add_subcommand("ls", "List running VMs");
+  ls->add_flag("--json", *list_json, "Print JSON instead of a table");
+  ls->add_option("--runtime-dir", *list_dir, "Where VMs register");
+  commands.push_back({ls, [list_dir, list_json] { return RunList(*list_dir, *list_json); }});
+
+  for (auto [name, command, help] :
+       {std::tuple{"pause", "stop", "Pause a VM's vCPUs"},
+        std::tuple{"resume", "cont", "Resume a paused VM"}}) {
+    auto target = std::make_shared<Target>();
+    CLI::App* app = parent.add_subcommand(name, help);
+    AddTargetOptions(app, *target);
+    std::string name_copy = name, command_copy = command;
+    commands.push_back(
+        {app, [target, name_copy, command_copy] { return SimpleCommand(name_copy, *target, command_copy); }});
+  }
+
+  auto kill_target = std::make_shared<Target>();
+  auto kill_timeout = std::make_shared<double>(10.0);
+  CLI::App* kill_app = parent.add_subcommand("kill", "Stop a VM and end its process");
+  AddTargetOptions(kill_app, *kill_target);
+  kill_app->add_option("--timeout", *kill_timeout,
+                       "Seconds to wait for a clean stop before SIGKILL")
+      ->capture_default_str();
+  commands.push_back(
+      {kill_app, [kill_target, kill_timeout] { return RunKill(*kill_target, *kill_timeout); }});
+
+  auto console_target = std::make_shared<Target>();
+  CLI::App* console = parent.add_subcommand("console", "Attach to a VM's serial console");
+  AddTargetOptions(console, *console_target);
+  console->footer("Ctrl-] detaches; the VM keeps running.");
+  commands.push_back({console, [console_target] { return RunConsole(*console_target); }});
+
+  auto logs_target = std::make_shared<Target>();
+  auto follow = std::make_shared<bool>(false);
+  CLI::App* logs = parent.add_subcommand("logs", "Print a VM's console output so far");
+  AddTargetOptions(logs, *logs_target);
+  logs->add_flag("-f,--follow", *follow, "Keep printing new output until the VM stops");
+  commands.push_back({logs, [logs_target, follow] { return RunLogs(*logs_target, *follow); }});
+  return commands;
+}
+
+int RunForkShortcut(const std::string& vm, const std::string& runtime_dir) {
+  ForkArguments args;
+  args.target = {vm, runtime_dir};
+  return RunFork(args);
+}
+
+}  // namespace forkvmm::cli

@@ -1,0 +1,431 @@
+#include "vmm/vm_process.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <set>
+
+#include <fmt/core.h>
+
+#include "vmm/base/log.h"
+#include "vmm/vm_runner.h"
+
+namespace forkvmm {
+namespace {
+
+using nlohmann::json;
+
+// How long the parent waits for a fork child to report that its VM runs.
+constexpr auto kChildReportTimeout = std::chrono::seconds(30);
+
+int64_t NowUnixMilliseconds() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+const char* StateName(VmState state) {
+  switch (state) {
+    case VmState::kCreated: return "prelaunch";
+    case VmState::kRunning: return "running";
+    case VmState::kPaused: return "paused";
+    case VmState::kStopped: return "shutdown";
+  }
+  return "unknown";
+}
+
+Result<UniqueFd> CreateSignalFd() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int signal : {SIGINT, SIGTERM, SIGHUP, SIGCHLD}) sigaddset(&set, signal);
+  // Blocked before any vCPU thread starts, so those threads inherit the
+  // mask and these signals reach only the signalfd.
+  if (pthread_sigmask(SIG_BLOCK, &set, nullptr) != 0) return Error("pthread_sigmask failed");
+  UniqueFd fd(signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+  if (!fd.valid()) return Error::FromErrno("signalfd");
+  return fd;
+}
+
+// Closes every fd of this process except those in `keep`. A fork child
+// uses it to drop the KVM, eventfd, io_uring, epoll and socket fds of its
+// parent's VM: an open inherited VM fd keeps the parent's VM alive, and an
+// inherited vCPU fd could still map the parent's kvm_run.
+void CloseInheritedFds(const std::set<int>& keep) {
+  std::vector<int> fds;
+  if (DIR* directory = opendir("/proc/self/fd")) {
+    while (dirent* entry = readdir(directory)) {
+      if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
+      int fd = std::atoi(entry->d_name);
+      if (fd != dirfd(directory)) fds.push_back(fd);
+    }
+    closedir(directory);
+  }
+  for (int fd : fds) {
+    if (!keep.contains(fd)) close(fd);
+  }
+}
+
+void WriteLine(int fd, const std::string& line) {
+  std::string text = line + "\n";
+  ssize_t unused = write(fd, text.data(), text.size());
+  (void)unused;
+}
+
+// Reads one line from a child's status pipe, waiting until `deadline`.
+std::string ReadStatusLine(int fd, std::chrono::steady_clock::time_point deadline) {
+  std::string line;
+  while (line.find('\n') == std::string::npos) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return "error timed out waiting for the child to start";
+    pollfd pfd{fd, POLLIN, 0};
+    int ready = poll(&pfd, 1, static_cast<int>(left.count()));
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready <= 0) continue;
+    char buffer[512];
+    ssize_t n = read(fd, buffer, sizeof(buffer));
+    if (n <= 0) return line.empty() ? "error the child exited before starting its VM" : line;
+    line.append(buffer, static_cast<size_t>(n));
+  }
+  return line.substr(0, line.find('\n'));
+}
+
+}  // namespace
+
+Result<std::unique_ptr<VmProcess>> VmProcess::Boot(VmProcessOptions options) {
+  ASSIGN_OR_RETURN(RuntimeDirectory runtime, RuntimeDirectory::Open(options.runtime_root));
+  VmRecord record;
+  record.id = runtime.NewId();
+  record.name = options.name;
+  record.pid = getpid();
+  record.ram_bytes = options.config.ram_bytes;
+  record.vcpu_count = options.config.vcpu_count;
+  record.created_unix_ms = NowUnixMilliseconds();
+  TRY(runtime.CreateVm(record));
+
+  std::unique_ptr<VmProcess> process(new VmProcess(std::move(options)));
+  auto fail = [&](Error error) {
+    runtime.RemoveVm(record.id);
+    return error;
+  };
+  int terminal = process->options_.foreground_console ? STDOUT_FILENO : -1;
+  auto console = ConsoleHub::Create(runtime.VmDirectory(record.id) + "/serial.log", terminal);
+  if (!console.ok()) return fail(std::move(console).error());
+  process->console_ = *console;
+  auto vm = Vm::Create(process->options_.config, process->options_.host, process->console_);
+  if (!vm.ok()) return fail(std::move(vm).error());
+  process->vm_ = std::move(vm).value();
+  Status attached = process->Attach(runtime, record);
+  if (!attached.ok()) return fail(std::move(attached).error());
+  return process;
+}
+
+VmProcess::~VmProcess() {
+  control_.reset();
+  if (console_) console_->StopListening();
+}
+
+Status VmProcess::Attach(const RuntimeDirectory& runtime, VmRecord record) {
+  runtime_ = runtime;
+  record_ = std::move(record);
+  TRY(runtime_->WriteRecord(record_));
+  std::string directory = runtime_->VmDirectory(record_.id);
+  ASSIGN_OR_RETURN(loop_, EventLoop::Create());
+  ASSIGN_OR_RETURN(signal_fd_, CreateSignalFd());
+  TRY(loop_->Add(signal_fd_.get(), EPOLLIN, [this](uint32_t) { OnSignal(); }));
+  EventLoop* loop = loop_.get();
+  vm_->control().OnStop([loop] { loop->Quit(); });
+
+  ASSIGN_OR_RETURN(control_, ControlServer::Listen(directory + "/control.sock", *loop_,
+                                                   [this](const std::string& command,
+                                                          const json& arguments) {
+                                                     return HandleCommand(command, arguments);
+                                                   }));
+  Vm* vm = vm_.get();
+  TRY(console_->Listen(directory + "/console.sock", *loop_,
+                       [vm](std::span<const uint8_t> bytes) { vm->serial().EnqueueInput(bytes); }));
+
+  if (options_.foreground_console) {
+    raw_terminal_ = RawTerminal::Enter(STDIN_FILENO);
+    stdin_attached_ = loop_->Add(STDIN_FILENO, EPOLLIN, [this](uint32_t) {
+                             uint8_t buffer[256];
+                             ssize_t n = read(STDIN_FILENO, buffer, sizeof(buffer));
+                             if (n <= 0) {
+                               // End of input: the guest runs on without a console.
+                               loop_->Remove(STDIN_FILENO);
+                               return;
+                             }
+                             bool quit = false;
+                             std::string bytes =
+                                 escape_.Filter({buffer, static_cast<size_t>(n)}, &quit);
+                             vm_->serial().EnqueueInput(
+                                 {reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()});
+                             if (quit) {
+                               vm_->RequestStop(
+                                   {VmExit::Reason::kHostRequest, 0, "console requested exit"});
+                             }
+                           }).ok();
+  }
+  return Ok();
+}
+
+void VmProcess::OnSignal() {
+  signalfd_siginfo info{};
+  while (read(signal_fd_.get(), &info, sizeof(info)) == sizeof(info)) {
+    int signal = static_cast<int>(info.ssi_signo);
+    if (signal == SIGCHLD) {
+      // Reap fork children that exited; they are independent VMs.
+      while (waitpid(-1, nullptr, WNOHANG) > 0) {
+      }
+      continue;
+    }
+    vm_->RequestStop({VmExit::Reason::kHostRequest, 128 + signal,
+                      fmt::format("stopped by signal {}", strsignal(signal))});
+  }
+}
+
+void VmProcess::ReportReady(const std::string& line) {
+  if (options_.ready_fd < 0) return;
+  WriteLine(options_.ready_fd, line);
+  close(options_.ready_fd);
+  options_.ready_fd = -1;
+}
+
+VmExit VmProcess::Run(bool start_paused) {
+  vm_->Start(start_paused);
+  ReportReady("ok " + record_.id);
+  LOG_DEBUG("VM {} running (pid {})", record_.id, getpid());
+  Status loop_status = loop_->Run();
+  if (!loop_status.ok()) {
+    vm_->RequestStop({VmExit::Reason::kError, 1, loop_status.error().message()});
+  }
+  VmExit exit = vm_->WaitForStop();
+  control_->Broadcast("SHUTDOWN", {{"reason", exit.message}});
+  raw_terminal_.reset();
+  if (options_.print_stats) {
+    std::string stats = FormatVcpuStats(vm_->vcpu_stats());
+    ssize_t unused = write(STDERR_FILENO, stats.data(), stats.size());
+    (void)unused;
+  }
+  control_.reset();
+  console_->StopListening();
+  runtime_->RemoveVm(record_.id);
+  return exit;
+}
+
+json VmProcess::StatusJson() const {
+  VmState state = vm_->state();
+  return {{"running", state == VmState::kRunning},
+          {"singlestep", false},
+          {"status", StateName(state)}};
+}
+
+CommandReply VmProcess::HandleCommand(const std::string& command, const json& arguments) {
+  if (command == "query-status") return CommandReply::Success(StatusJson());
+  if (command == "stop") {
+    if (vm_->state() == VmState::kRunning) {
+      if (!vm_->Pause()) return CommandReply::Failure("the VM stopped");
+      control_->Broadcast("STOP");
+    }
+    return CommandReply::Success();
+  }
+  if (command == "cont") {
+    if (vm_->state() == VmState::kPaused) {
+      vm_->Resume();
+      control_->Broadcast("RESUME");
+    }
+    return CommandReply::Success();
+  }
+  if (command == "quit") {
+    vm_->RequestStop({VmExit::Reason::kHostRequest, 0, "quit command"});
+    return CommandReply::Success();
+  }
+  if (command == "query-forkvmm") {
+    json info = StatusJson();
+    info["id"] = record_.id;
+    info["name"] = record_.name;
+    info["parent_id"] = record_.parent_id;
+    info["pid"] = record_.pid;
+    info["ram_bytes"] = record_.ram_bytes;
+    info["vcpu_count"] = record_.vcpu_count;
+    info["created_unix_ms"] = record_.created_unix_ms;
+    return CommandReply::Success(info);
+  }
+  if (command == "fork") return HandleFork(arguments);
+  return CommandReply::Failure(fmt::format("the command {} has not been found", command),
+                               "CommandNotFound");
+}
+
+CommandReply VmProcess::HandleFork(const json& arguments) {
+  ForkRequest request;
+  try {
+    int64_t count = arguments.value("count", int64_t{1});
+    if (count < 1 || count > kMaxForkCount) {
+      return CommandReply::Failure(
+          fmt::format("invalid fork count {}: expected 1 to {}", count, kMaxForkCount));
+    }
+    request.count = static_cast<uint32_t>(count);
+    request.paused = arguments.value("paused", false);
+    request.name = arguments.value("name", "");
+  } catch (const json::exception& e) {
+    return CommandReply::Failure(fmt::format("invalid fork arguments: {}", e.what()));
+  }
+  auto children = Fork(request);
+  if (!children.ok()) return CommandReply::Failure(children.error().message());
+  json list = json::array();
+  for (const ForkedChild& child : *children) {
+    list.push_back({{"id", child.id}, {"name", child.name}, {"pid", child.pid}});
+  }
+  return CommandReply::Success({{"children", list}});
+}
+
+Result<std::vector<ForkedChild>> VmProcess::Fork(const ForkRequest& request) {
+  if (request.count < 1 || request.count > kMaxForkCount) {
+    return Error(fmt::format("invalid fork count {}: expected 1 to {}", request.count,
+                             kMaxForkCount));
+  }
+  auto start = std::chrono::steady_clock::now();
+  bool was_running = vm_->state() == VmState::kRunning;
+  if (was_running && !vm_->Pause()) return Error("the VM stopped before it could be paused");
+  auto paused_at = std::chrono::steady_clock::now();
+  auto resume_parent = [&] {
+    if (was_running) vm_->Resume();
+  };
+
+  auto state = vm_->CaptureState();
+  if (!state.ok()) {
+    resume_parent();
+    return std::move(state).error().WithContext("capturing the VM state");
+  }
+
+  struct Pending {
+    ForkedChild child;
+    UniqueFd status;
+  };
+  std::vector<Pending> pending;
+  std::vector<std::string> failures;
+  for (uint32_t i = 0; i < request.count; ++i) {
+    ChildPlan plan;
+    plan.paused = request.paused || !was_running;
+    plan.record.id = runtime_->NewId();
+    if (!request.name.empty()) {
+      plan.record.name = request.count == 1 ? request.name : fmt::format("{}-{}", request.name, i + 1);
+    }
+    plan.record.parent_id = record_.id;
+    // The parent's pid until the child writes its own, so `ls` does not
+    // take the entry for a dead VM in the meantime.
+    plan.record.pid = getpid();
+    plan.record.ram_bytes = record_.ram_bytes;
+    plan.record.vcpu_count = record_.vcpu_count;
+    plan.record.created_unix_ms = NowUnixMilliseconds();
+    Status created = runtime_->CreateVm(plan.record);
+    if (!created.ok()) {
+      failures.push_back(created.error().message());
+      break;
+    }
+    int pipe_fds[2];
+    if (pipe2(pipe_fds, O_CLOEXEC) != 0) {
+      failures.push_back(Error::FromErrno("pipe2").message());
+      runtime_->RemoveVm(plan.record.id);
+      break;
+    }
+    UniqueFd read_end(pipe_fds[0]);
+    plan.status_fd = pipe_fds[1];
+    // Nothing buffered may be written twice, once by each process.
+    std::fflush(nullptr);
+    pid_t pid = fork();
+    if (pid == 0) RunChild(plan, *state);
+    close(plan.status_fd);
+    if (pid < 0) {
+      failures.push_back(Error::FromErrno("fork").message());
+      runtime_->RemoveVm(plan.record.id);
+      break;
+    }
+    pending.push_back({{plan.record.id, plan.record.name, pid}, std::move(read_end)});
+  }
+  resume_parent();
+  auto resumed_at = std::chrono::steady_clock::now();
+
+  std::vector<ForkedChild> children;
+  auto deadline = std::chrono::steady_clock::now() + kChildReportTimeout;
+  for (Pending& entry : pending) {
+    std::string line = ReadStatusLine(entry.status.get(), deadline);
+    if (line == "ok") {
+      children.push_back(entry.child);
+      continue;
+    }
+    std::string reason = line.starts_with("error ") ? line.substr(6) : line;
+    failures.push_back(fmt::format("child {}: {}", entry.child.id, reason));
+    kill(entry.child.pid, SIGKILL);
+    runtime_->RemoveVm(entry.child.id);
+  }
+  auto done = std::chrono::steady_clock::now();
+  using std::chrono::duration;
+  LOG_INFO("forked {} of {} children: paused {:.3f} ms, parent held {:.3f} ms, all reported in "
+           "{:.3f} ms",
+           children.size(), request.count,
+           duration<double, std::milli>(paused_at - start).count(),
+           duration<double, std::milli>(resumed_at - start).count(),
+           duration<double, std::milli>(done - start).count());
+  for (const ForkedChild& child : children) {
+    control_->Broadcast("FORK", {{"child_id", child.id}, {"child_pid", child.pid}});
+  }
+  if (children.empty() && !failures.empty()) return Error(failures.front());
+  for (const std::string& failure : failures) LOG_WARNING("fork: {}", failure);
+  return children;
+}
+
+void VmProcess::RunChild(const ChildPlan& plan, const snapshot::VmState& state) {
+  setsid();
+  std::string directory = runtime_->VmDirectory(plan.record.id);
+  int null_fd = open("/dev/null", O_RDONLY);
+  int log_fd = open((directory + "/vmm.log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+  if (null_fd >= 0) dup2(null_fd, STDIN_FILENO);
+  if (log_fd >= 0) {
+    dup2(log_fd, STDOUT_FILENO);
+    dup2(log_fd, STDERR_FILENO);
+  }
+  std::set<int> keep = {STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO, plan.status_fd};
+  if (vm_->memory().backing_fd() >= 0) keep.insert(vm_->memory().backing_fd());
+  CloseInheritedFds(keep);
+  SetLogPrefix(fmt::format("forkvmm[{}]", getpid()));
+
+  auto fail = [&plan](const Error& error) {
+    LOG_ERROR("fork child: {}", error.message());
+    WriteLine(plan.status_fd, "error " + error.message());
+    _exit(1);
+  };
+  VmProcessOptions options = options_;
+  options.name = plan.record.name;
+  options.foreground_console = false;
+  options.print_stats = false;
+  options.ready_fd = -1;
+  std::unique_ptr<VmProcess> child(new VmProcess(std::move(options)));
+  auto console = ConsoleHub::Create(directory + "/serial.log", -1);
+  if (!console.ok()) fail(console.error());
+  child->console_ = *console;
+  auto vm = Vm::Restore(child->options_.config, child->options_.host, child->console_,
+                        vm_->TakeMemoryForChild(), state);
+  if (!vm.ok()) fail(vm.error());
+  child->vm_ = std::move(vm).value();
+  VmRecord record = plan.record;
+  record.pid = getpid();
+  Status attached = child->Attach(*runtime_, record);
+  if (!attached.ok()) fail(attached.error());
+
+  WriteLine(plan.status_fd, "ok");
+  close(plan.status_fd);
+  VmExit exit = child->Run(plan.paused);
+  LOG_INFO("VM {} stopped: {}", record.id, exit.message);
+  std::fflush(nullptr);
+  _exit(exit.status);
+}
+
+}  // namespace forkvmm

@@ -1,0 +1,107 @@
+// A VM process: one VM, its runtime directory entry, control socket and
+// console, driven by an event loop on the main thread. Fork happens here:
+// the process pauses its VM, captures the state, and fork()s; each child
+// process builds a new KVM VM on the inherited copy-on-write guest RAM.
+//
+// Fork sequence, parent side (Fork()):
+//   1. pause the vCPUs at a safe point; capture vCPU, irqchip, clock and
+//      device state into plain structs;
+//   2. per child: create its runtime entry and a status pipe, flush stdio,
+//      fork();
+//   3. resume at once if the VM was running; then collect each child's
+//      "ok" or error line from its pipe and reply with the child ids.
+// Child side (RunChild()): start a new session, close every inherited fd
+// except guest RAM's and the status pipe, point stdio at its own log,
+// rebuild the VM from the captured state, listen on its own control and
+// console sockets, report "ok", and run. The parent's objects in the child's
+// address space are abandoned, never destroyed: their threads do not exist
+// there.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "vmm/base/event_loop.h"
+#include "vmm/console.h"
+#include "vmm/control_server.h"
+#include "vmm/host.h"
+#include "vmm/runtime.h"
+#include "vmm/vm.h"
+
+namespace forkvmm {
+
+struct VmProcessOptions {
+  VmConfig config;
+  HostProfile host;
+  std::string runtime_root;  // empty: RuntimeDirectory::DefaultRoot()
+  std::string name;
+  // Copy console output to stdout and read console input from stdin.
+  bool foreground_console = true;
+  bool print_stats = false;
+  // Where to write "ok <id>\n" once the VM runs, or "error <message>\n";
+  // -1 for none. `forkvmm run --detach` waits on it.
+  int ready_fd = -1;
+};
+
+struct ForkRequest {
+  uint32_t count = 1;
+  bool paused = false;  // children start paused
+  std::string name;     // child name; with count > 1, "-<n>" is appended
+};
+
+struct ForkedChild {
+  std::string id;
+  std::string name;
+  pid_t pid = 0;
+};
+
+class VmProcess {
+ public:
+  static constexpr uint32_t kMaxForkCount = 256;
+
+  // Boots a new VM from `options.config` and registers it.
+  static Result<std::unique_ptr<VmProcess>> Boot(VmProcessOptions options);
+  ~VmProcess();
+
+  const VmRecord& record() const { return record_; }
+
+  // Runs until the VM stops and returns why. Removes the runtime entry.
+  VmExit Run(bool start_paused = false);
+
+  // Forks the VM into `request.count` children (see the file comment).
+  // Must run on the event loop thread.
+  Result<std::vector<ForkedChild>> Fork(const ForkRequest& request);
+
+ private:
+  explicit VmProcess(VmProcessOptions options) : options_(std::move(options)) {}
+  // Registers the runtime entry, console and control socket around vm_.
+  Status Attach(const RuntimeDirectory& runtime, VmRecord record);
+  CommandReply HandleCommand(const std::string& command, const nlohmann::json& arguments);
+  CommandReply HandleFork(const nlohmann::json& arguments);
+  nlohmann::json StatusJson() const;
+  void OnSignal();
+  void ReportReady(const std::string& line);
+
+  struct ChildPlan {
+    VmRecord record;
+    int status_fd = -1;
+    bool paused = false;
+  };
+  [[noreturn]] void RunChild(const ChildPlan& plan, const snapshot::VmState& state);
+
+  VmProcessOptions options_;
+  std::optional<RuntimeDirectory> runtime_;
+  VmRecord record_;
+  std::unique_ptr<EventLoop> loop_;
+  UniqueFd signal_fd_;
+  std::shared_ptr<ConsoleHub> console_;
+  std::unique_ptr<ControlServer> control_;
+  std::unique_ptr<Vm> vm_;
+  std::optional<RawTerminal> raw_terminal_;
+  ConsoleEscape escape_;
+  bool stdin_attached_ = false;
+};
+
+}  // namespace forkvmm
