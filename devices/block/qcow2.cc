@@ -73,7 +73,10 @@ Qcow2Backend::Qcow2Backend(ImageFile file, qcow2::Header header, uint64_t file_s
                            kMaxL2CacheTables),
                 header_.l2_entries()) {}
 
-Qcow2Backend::~Qcow2Backend() { FlushOnClose(); }
+Qcow2Backend::~Qcow2Backend() {
+  // An image whose Open failed half-way has nothing to write back.
+  if (open_complete_) FlushOnClose();
+}
 
 Result<std::unique_ptr<Qcow2Backend>> Qcow2Backend::Open(ImageFile file) {
   ASSIGN_OR_RETURN(uint64_t file_size, file.Size());
@@ -94,6 +97,7 @@ Result<std::unique_ptr<Qcow2Backend>> Qcow2Backend::Open(ImageFile file) {
       new Qcow2Backend(std::move(file), std::move(header).value(), file_size));
   if (!image->read_only()) TRY(image->PrepareForWriting());
   TRY(image->LoadTables(image->refcounts_ ? image->refcounts_->file_end() : file_size));
+  image->open_complete_ = true;
   return image;
 }
 
@@ -583,6 +587,7 @@ Status Qcow2Backend::EvictL2Table() {
 }
 
 Status Qcow2Backend::FlushMetadata() {
+  if (!refcounts_) return Ok();  // read-only
   std::vector<qcow2::L2Cache::Table*> dirty = l2_cache_.DirtyTables();
   const bool l1_dirty = l1_dirty_first_ < l1_dirty_end_;
   if (!dirty.empty() || l1_dirty || refcounts_->has_unwritten_table_entries()) {

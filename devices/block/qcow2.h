@@ -126,6 +126,7 @@ class Qcow2Backend final : public BlockBackend {
   std::vector<uint8_t> decompressed_;
   std::vector<uint8_t> compressed_;
   std::vector<uint8_t> scratch_;
+  bool open_complete_ = false;
 };
 
 }  // namespace forkvmm::block

@@ -492,14 +492,17 @@ Status Repair(ImageFile& file, RepairMode mode) {
 Result<CheckReport> CheckImage(const std::string& path, RepairMode mode) {
   ASSIGN_OR_RETURN(ImageFile file, ImageFile::Open(path, mode != RepairMode::kNone));
   ASSIGN_OR_RETURN(CheckReport first, CheckOnce(file, RepairMode::kNone));
-  if (mode == RepairMode::kNone || (first.corruptions == 0 && first.leaks == 0)) return first;
-  TRY(Repair(file, mode));
-
-  // Check again and report the image as the repair left it.
-  ASSIGN_OR_RETURN(CheckReport after, CheckOnce(file, RepairMode::kNone));
-  after.leaks_fixed = first.leaks > after.leaks ? first.leaks - after.leaks : 0;
-  after.corruptions_fixed =
-      first.corruptions > after.corruptions ? first.corruptions - after.corruptions : 0;
+  if (mode == RepairMode::kNone) return first;
+  CheckReport after = first;
+  if (first.corruptions > 0 || first.leaks > 0) {
+    TRY(Repair(file, mode));
+    // Check again and report the image as the repair left it.
+    ASSIGN_OR_RETURN(after, CheckOnce(file, RepairMode::kNone));
+    after.leaks_fixed = first.leaks > after.leaks ? first.leaks - after.leaks : 0;
+    after.corruptions_fixed =
+        first.corruptions > after.corruptions ? first.corruptions - after.corruptions : 0;
+  }
+  // A consistent image loses its dirty bit, and with kAll its corrupt bit.
   if (after.corruptions == 0) {
     ASSIGN_OR_RETURN(uint64_t file_size, file.Size());
     ASSIGN_OR_RETURN(Header header, ReadHeader(file, file_size));

@@ -132,7 +132,7 @@ Status SetBackingFile(ImageFile& file, const std::string& name, const std::strin
   if (!parsed.ok()) return std::move(parsed).error().WithContext(file.path());
   Header h = std::move(parsed).value();
   h.backing_file = name;
-  if (name.empty()) {
+  if (name.empty() || format.empty()) {
     h.backing_format.reset();
   } else {
     h.backing_format = format;

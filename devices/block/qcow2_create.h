@@ -28,7 +28,8 @@ struct CreateOptions {
 Status CreateImage(const std::string& path, const CreateOptions& options);
 
 // Rewrites the header of an open image with a new backing file name and
-// format; an empty name removes the backing file. Other header extensions
+// format. An empty name removes the backing file, and an empty format
+// records none (only tests make such images). Other header extensions
 // are kept. The header cluster is written with one pwrite and synced.
 Status SetBackingFile(ImageFile& file, const std::string& name, const std::string& format);
 
