@@ -234,6 +234,29 @@ Status KvmVm::RemoveIoeventfd(int event_fd, uint64_t address, uint32_t length) {
   return CheckedIoctl(fd_.get(), KVM_IOEVENTFD, "KVM_IOEVENTFD (deassign)", &ioeventfd);
 }
 
+Status KvmVm::AddIoeventfdWithDatamatch(int event_fd, uint64_t address, uint32_t length,
+                                        uint64_t datamatch) {
+  kvm_ioeventfd ioeventfd{};
+  ioeventfd.datamatch = datamatch;
+  ioeventfd.addr = address;
+  ioeventfd.len = length;
+  ioeventfd.fd = event_fd;
+  ioeventfd.flags = KVM_IOEVENTFD_FLAG_DATAMATCH;
+  return CheckedIoctl(fd_.get(), KVM_IOEVENTFD, "KVM_IOEVENTFD (datamatch)", &ioeventfd);
+}
+
+Status KvmVm::RemoveIoeventfdWithDatamatch(int event_fd, uint64_t address, uint32_t length,
+                                           uint64_t datamatch) {
+  kvm_ioeventfd ioeventfd{};
+  ioeventfd.datamatch = datamatch;
+  ioeventfd.addr = address;
+  ioeventfd.len = length;
+  ioeventfd.fd = event_fd;
+  ioeventfd.flags = KVM_IOEVENTFD_FLAG_DATAMATCH | KVM_IOEVENTFD_FLAG_DEASSIGN;
+  return CheckedIoctl(fd_.get(), KVM_IOEVENTFD, "KVM_IOEVENTFD (datamatch, deassign)",
+                      &ioeventfd);
+}
+
 Result<kvm_irqchip> KvmVm::GetIrqchip(uint32_t chip_id) const {
   kvm_irqchip chip{};
   chip.chip_id = chip_id;

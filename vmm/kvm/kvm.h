@@ -79,6 +79,13 @@ class KvmVm {
   // instead of exiting to userspace.
   Status AddIoeventfd(int event_fd, uint64_t address, uint32_t length);
   Status RemoveIoeventfd(int event_fd, uint64_t address, uint32_t length);
+  // Like AddIoeventfd, but only a write of the value `datamatch` signals
+  // `event_fd`, and other values still exit to userspace. Virtio-mmio
+  // registers one per queue on its QueueNotify register.
+  Status AddIoeventfdWithDatamatch(int event_fd, uint64_t address, uint32_t length,
+                                   uint64_t datamatch);
+  Status RemoveIoeventfdWithDatamatch(int event_fd, uint64_t address, uint32_t length,
+                                      uint64_t datamatch);
 
   Result<kvm_irqchip> GetIrqchip(uint32_t chip_id) const;
   Status SetIrqchip(const kvm_irqchip& chip);
