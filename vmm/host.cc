@@ -3,6 +3,8 @@
 #include <asm/kvm_para.h>
 #include <unistd.h>
 
+#include <optional>
+
 #include <fmt/core.h>
 
 namespace forkvmm {
@@ -17,6 +19,9 @@ using boot::CpuidRegister;
 // list is the set with which a 6.1 guest booted reliably.
 const std::vector<CpuidFeature>& SoftwareHiddenFeatures() {
   static const std::vector<CpuidFeature> features = {
+      // The kernel's SLUB allocator uses CMPXCHG16B at CPL0, which kvm_pvm's
+      // instruction emulator rejects (KVM_EXIT_INTERNAL_ERROR, emulation).
+      {0x1, 0, CpuidRegister::kEcx, 13, "cx16"},
       {0x1, 0, CpuidRegister::kEcx, 17, "pcid"},
       {0x1, 0, CpuidRegister::kEcx, 23, "popcnt"},
       {0x1, 0, CpuidRegister::kEcx, 26, "xsave"},
@@ -34,12 +39,51 @@ const std::vector<CpuidFeature>& SoftwareHiddenFeatures() {
       {0x7, 0, CpuidRegister::kEbx, 24, "clwb"},
       {0x7, 0, CpuidRegister::kEcx, 2, "umip"},
       {0x7, 0, CpuidRegister::kEcx, 22, "rdpid"},
+      {0x7, 0, CpuidRegister::kEdx, 29, "arch_capabilities"},
       {0xd, 1, CpuidRegister::kEax, 0, "xsaveopt"},
       {0xd, 1, CpuidRegister::kEax, 1, "xsavec"},
       {0xd, 1, CpuidRegister::kEax, 3, "xsaves"},
       {0x80000001, 0, CpuidRegister::kEdx, 27, "rdtscp"},
   };
   return features;
+}
+
+// Linux's capability word for a CPUID register (arch/x86/include/asm/
+// cpufeatures.h in Linux 6.1): X86_FEATURE_x = word * 32 + bit.
+std::optional<uint32_t> LinuxCapabilityWord(const CpuidFeature& feature) {
+  struct Word {
+    uint32_t function, index;
+    CpuidRegister reg;
+    uint32_t word;
+  };
+  static constexpr Word kWords[] = {
+      {0x1, 0, CpuidRegister::kEdx, 0},        {0x80000001, 0, CpuidRegister::kEdx, 1},
+      {0x1, 0, CpuidRegister::kEcx, 4},        {0x80000001, 0, CpuidRegister::kEcx, 6},
+      {0x7, 0, CpuidRegister::kEbx, 9},        {0xd, 1, CpuidRegister::kEax, 10},
+      {0x7, 0, CpuidRegister::kEcx, 16},       {0x7, 0, CpuidRegister::kEdx, 18},
+  };
+  for (const Word& word : kWords) {
+    if (word.function == feature.function && word.index == feature.index &&
+        word.reg == feature.reg) {
+      return word.word;
+    }
+  }
+  return std::nullopt;
+}
+
+// Kernel parameters that make a Linux guest leave the hidden features alone:
+// kvm_pvm passes CPUID bits that KVM does not report as supported straight
+// from the host, so hiding them in the CPUID table alone is not enough
+// (seen: XSAVE, POPCNT, AVX and RDRAND still set in leaf 1).
+std::string LinuxParametersHiding(const std::vector<CpuidFeature>& features) {
+  std::string numbers;
+  for (const CpuidFeature& feature : features) {
+    std::optional<uint32_t> word = LinuxCapabilityWord(feature);
+    if (!word) continue;
+    if (!numbers.empty()) numbers += ',';
+    numbers += std::to_string(*word * 32 + feature.bit);
+  }
+  return "noxsave clearcpuid=" + numbers;
 }
 
 bool ModuleLoaded(const std::string& sysfs_module_dir, const char* name) {
@@ -53,6 +97,7 @@ HostProfile SoftwareVirtualizationProfile(std::string kvm_module) {
   profile.virtualization = Virtualization::kSoftware;
   profile.kvm_module = std::move(kvm_module);
   profile.hidden_features = SoftwareHiddenFeatures();
+  profile.extra_kernel_parameters = LinuxParametersHiding(profile.hidden_features);
   // With these paravirtual features a 2-vCPU guest hung at SMP bring-up
   // under kvm_pvm.
   profile.hidden_kvm_features = (1u << KVM_FEATURE_PV_UNHALT) | (1u << KVM_FEATURE_PV_TLB_FLUSH) |
@@ -86,8 +131,9 @@ std::string HostProfile::Describe() const {
       }
       return fmt::format(
           "host has software virtualization only ({}): applying its quirks profile: hiding CPU "
-          "features {} and the KVM PV unhalt, TLB flush, IPI and sched-yield features",
-          kvm_module, names);
+          "features {} and the KVM PV unhalt, TLB flush, IPI and sched-yield features; Linux "
+          "guests also get \"{}\"",
+          kvm_module, names, extra_kernel_parameters);
     }
     case Virtualization::kUnknown:
       break;

@@ -124,8 +124,11 @@ bool VcpuThread::HandleExit() {
       return false;
     case KVM_EXIT_INTERNAL_ERROR: {
       auto regs = vcpu_.GetRegs();
-      Fail(fmt::format("KVM internal error, suberror {} at rip {:#x}", run.internal.suberror,
-                       regs.ok() ? regs->rip : 0));
+      std::string data;
+      uint32_t words = std::min<uint32_t>(run.internal.ndata, std::size(run.internal.data));
+      for (uint32_t i = 0; i < words; ++i) data += fmt::format(" {:#x}", run.internal.data[i]);
+      Fail(fmt::format("KVM internal error, suberror {} at rip {:#x}{}{}", run.internal.suberror,
+                       regs.ok() ? regs->rip : 0, data.empty() ? "" : "; data:", data));
       return false;
     }
     default:
