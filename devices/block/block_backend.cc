@@ -102,6 +102,14 @@ Result<Extent> BlockBackend::GetExtent(uint64_t offset, uint64_t max_length) {
   return DoGetExtent(offset, std::min(max_length, size_ - offset));
 }
 
+Status BlockBackend::Unallocate(uint64_t, uint64_t) {
+  return Error(fmt::format("{}: {} images have no unallocated state", path_, FormatName(format())));
+}
+
+Status BlockBackend::GrowTo(uint64_t) {
+  return Error(fmt::format("{}: growing {} images is not supported", path_, FormatName(format())));
+}
+
 Result<int> BlockBackend::StartAsync(unsigned queue_depth) {
   if (!queue_) {
     ASSIGN_OR_RETURN(queue_, IoQueue::Create(queue_depth));

@@ -99,6 +99,11 @@ class BlockBackend {
   // Describes the range starting at `offset` (up to `max_length` bytes) in
   // this layer only.
   Result<Extent> GetExtent(uint64_t offset, uint64_t max_length);
+  // Makes the whole clusters in the range fall through to the backing layer
+  // again (qcow2 only), for emptying a layer after a commit.
+  virtual Status Unallocate(uint64_t offset, uint64_t length);
+  // Grows the disk to `new_size` bytes (raw only); the new part reads as zeros.
+  virtual Status GrowTo(uint64_t new_size);
 
   // Asynchronous API. StartAsync creates the io_uring queue and returns the
   // eventfd that becomes readable when Poll() has work.

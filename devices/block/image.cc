@@ -59,17 +59,20 @@ Result<std::unique_ptr<BlockBackend>> OpenBacking(const Qcow2Backend& image,
                              kMaxBackingChainDepth));
   }
   std::string resolved = ResolveBackingPath(image.path(), name);
-  Result<ImageFile> file = ImageFile::Open(resolved, /*writable=*/false);
+  const bool writable = depth == 0 && options.writable_backing;
+  Result<ImageFile> file = ImageFile::Open(resolved, writable);
   if (!file.ok()) {
     std::string shown = resolved == name ? fmt::format("'{}'", name)
                                          : fmt::format("'{}' (resolved to '{}')", name, resolved);
-    return Error(fmt::format("{}: cannot open backing file {}: {}", image.path(), shown,
+    return Error(fmt::format("{}: cannot open backing file {}{}: {}", image.path(), shown,
+                             writable ? " read-write" : "",
                              std::strerror(file.error().errnum())),
                  file.error().errnum());
   }
   TRY(AddToChain(*file, chain, image.path(), name));
   OpenOptions backing_options = options;
-  backing_options.read_only = true;
+  backing_options.read_only = depth > 0 || !options.writable_backing;
+  backing_options.writable_backing = false;
   return OpenLayer(std::move(file).value(), *format, backing_options, chain, depth + 1);
 }
 

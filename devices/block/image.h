@@ -33,6 +33,9 @@ struct OpenOptions {
   // not opened and reads of clusters the image does not allocate return
   // zeros. For inspecting a single layer (info, fuzzing).
   bool open_backing = true;
+  // Opens the layer directly below the image read-write, for merging the
+  // image into it (commit). Deeper layers stay read-only.
+  bool writable_backing = false;
 };
 
 // Opens `path` as `format` with its whole backing chain; backing layers are

@@ -543,6 +543,24 @@ Status Qcow2Backend::DoDiscard(uint64_t offset, uint64_t length) {
   return Ok();
 }
 
+Status Qcow2Backend::Unallocate(uint64_t offset, uint64_t length) {
+  if (read_only_) return Error(fmt::format("{}: the image is open read-only", path_));
+  if (offset > size_ || length > size_ - offset) {
+    return Error(fmt::format("{}: unallocating {} bytes at offset {:#x} is outside the disk",
+                             path_, length, offset));
+  }
+  for (uint64_t pos = 0; pos < length;) {
+    const uint64_t guest = offset + pos;
+    const uint64_t in_cluster = guest & (cluster_size_ - 1);
+    const uint64_t n = std::min(length - pos, cluster_size_ - in_cluster);
+    if (in_cluster == 0 && (n == cluster_size_ || guest + n == size_)) {
+      TRY(ChangeWholeCluster(guest, /*zero_flag=*/false));
+    }
+    pos += n;
+  }
+  return Ok();
+}
+
 Result<Extent> Qcow2Backend::DoGetExtent(uint64_t offset, uint64_t max_length) {
   ASSIGN_OR_RETURN(L2Entry first, Lookup(offset));
   const ExtentKind kind = KindOf(first);

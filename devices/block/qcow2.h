@@ -47,6 +47,7 @@ class Qcow2Backend final : public BlockBackend {
   ~Qcow2Backend() override;
 
   ImageFormat format() const override { return ImageFormat::kQcow2; }
+  Status Unallocate(uint64_t offset, uint64_t length) override;
   const qcow2::Header& header() const { return header_; }
   uint64_t cluster_size() const { return cluster_size_; }
   // Takes ownership of the opened backing layer.

@@ -1,6 +1,7 @@
 #include "devices/block/raw.h"
 
 #include <fcntl.h>
+#include <fmt/core.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -61,6 +62,14 @@ Result<Extent> RawBackend::DoGetExtent(uint64_t offset, uint64_t max_length) {
   if (hole < 0) return Extent{ExtentKind::kData, max_length};
   auto hole_start = static_cast<uint64_t>(hole);
   return Extent{ExtentKind::kData, std::min(max_length, hole_start - offset)};
+}
+
+Status RawBackend::GrowTo(uint64_t new_size) {
+  if (read_only_) return Error(fmt::format("{}: the image is open read-only", path_));
+  if (new_size <= size_) return Ok();
+  TRY(file_.Truncate(new_size));
+  size_ = new_size;
+  return Ok();
 }
 
 Status RawBackend::DoReopenReadOnly() {

@@ -18,6 +18,7 @@ class RawBackend final : public BlockBackend {
   ~RawBackend() override;
 
   ImageFormat format() const override { return ImageFormat::kRaw; }
+  Status GrowTo(uint64_t new_size) override;
   void StartRead(IoQueue& queue, uint64_t offset, std::span<const iovec> iov,
                  IoCallback done) override;
 
