@@ -224,7 +224,8 @@ CLI::App* AddCreate(CLI::App& img, CreateArgs& a) {
       ->check(CLI::IsMember(kFormats));
   cmd->add_option("-o", a.options,
                   "qcow2 options key=value[,...]: cluster_size, compat (0.10 or 1.1), "
-                  "refcount_bits, lazy_refcounts, compression_type (zlib or zstd)");
+                  "refcount_bits, lazy_refcounts, compression_type (zlib or zstd)")
+      ->allow_extra_args(false);  // one value per -o, so it cannot swallow the file name
   cmd->add_option("--cluster-size", a.cluster_size, "qcow2 cluster size in bytes (K/M suffixes)");
   cmd->add_flag("-q,--quiet", a.quiet, "Print nothing on success");
   cmd->add_option("file", a.path, "Image to create")->required();

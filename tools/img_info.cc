@@ -39,16 +39,18 @@ ordered_json DescribeJson(const BlockBackend& layer) {
     return info;
   }
   const block::qcow2::Header& h = qcow2->header();
-  info["format-specific"] = {
-      {"type", "qcow2"},
-      {"data",
-       {{"compat", h.version >= 3 ? "1.1" : "0.10"},
-        {"compression-type",
-         h.compression_type == block::qcow2::CompressionType::kZstd ? "zstd" : "zlib"},
-        {"lazy-refcounts", h.lazy_refcounts()},
-        {"refcount-bits", h.refcount_bits()},
-        {"corrupt", h.corrupt()},
-        {"extended-l2", false}}}};
+  ordered_json data = {
+      {"compat", h.version >= 3 ? "1.1" : "0.10"},
+      {"compression-type",
+       h.compression_type == block::qcow2::CompressionType::kZstd ? "zstd" : "zlib"}};
+  // Version 2 images have no feature bits, so qemu-img omits these keys.
+  if (h.version >= 3) data["lazy-refcounts"] = h.lazy_refcounts();
+  data["refcount-bits"] = h.refcount_bits();
+  if (h.version >= 3) {
+    data["corrupt"] = h.corrupt();
+    data["extended-l2"] = false;
+  }
+  info["format-specific"] = {{"type", "qcow2"}, {"data", data}};
   if (!h.backing_file.empty()) {
     info["full-backing-filename"] = block::ResolveBackingPath(layer.path(), h.backing_file);
     info["backing-filename"] = h.backing_file;
@@ -72,12 +74,13 @@ void PrintHuman(const BlockBackend& layer) {
                          block::ResolveBackingPath(layer.path(), h.backing_file));
       if (h.backing_format) out += fmt::format("backing file format: {}\n", *h.backing_format);
     }
-    out += fmt::format(
-        "Format specific information:\n    compat: {}\n    compression type: {}\n"
-        "    lazy refcounts: {}\n    refcount bits: {}\n    corrupt: {}\n    extended l2: false\n",
-        h.version >= 3 ? "1.1" : "0.10",
-        h.compression_type == block::qcow2::CompressionType::kZstd ? "zstd" : "zlib",
-        h.lazy_refcounts(), h.refcount_bits(), h.corrupt());
+    out += fmt::format("Format specific information:\n    compat: {}\n    compression type: {}\n",
+                       h.version >= 3 ? "1.1" : "0.10",
+                       h.compression_type == block::qcow2::CompressionType::kZstd ? "zstd"
+                                                                                   : "zlib");
+    if (h.version >= 3) out += fmt::format("    lazy refcounts: {}\n", h.lazy_refcounts());
+    out += fmt::format("    refcount bits: {}\n", h.refcount_bits());
+    if (h.version >= 3) out += fmt::format("    corrupt: {}\n    extended l2: false\n", h.corrupt());
     if (h.dirty()) out += "    dirty: true\n";
   }
   std::fputs(out.c_str(), stdout);

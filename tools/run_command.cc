@@ -121,6 +121,7 @@ int Run(RunArguments& args) {
   options.name = args.name;
   options.foreground_console = !args.detach;
   options.print_stats = args.stats;
+  options.serial_log = args.serial_log;
 
   if (args.detach) {
     int pipe_fds[2];
@@ -199,7 +200,8 @@ Command AddRunCommand(CLI::App& parent) {
       ->capture_default_str();
   app->add_option("--cpus", args->cpus, "Number of vCPUs")->capture_default_str();
   app->add_option("--serial-log", args->serial_log,
-                  "Append the guest's console output to this file instead of stdout");
+                  "Also append the guest's console output to this file, which stays after the "
+                  "VM stops (\"{id}\" becomes the VM id)");
   app->add_flag("--pit", args->pit, "Give the guest KVM's in-kernel i8254 PIT (off by default)");
   app->add_flag("--no-hugepages", args->no_hugepages,
                 "Do not ask for transparent huge pages for guest RAM");

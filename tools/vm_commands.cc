@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <thread>
@@ -84,6 +85,7 @@ struct ForkArguments {
   int64_t count = 1;
   bool paused = false;
   std::string name;
+  std::string serial_log;
   bool json_output = false;
 };
 
@@ -105,6 +107,12 @@ int RunFork(const ForkArguments& args) {
   }
   json arguments = {{"count", args.count}, {"paused", args.paused}};
   if (!args.name.empty()) arguments["name"] = args.name;
+  if (!args.serial_log.empty()) {
+    // The child process resolves the path, so make it absolute here.
+    std::string path = args.serial_log;
+    if (!path.starts_with('/')) path = std::filesystem::current_path().string() + "/" + path;
+    arguments["serial_log"] = path;
+  }
   auto reply = client->Execute("fork", arguments);
   if (!reply.ok()) {
     Fail("fork", fmt::format("VM {}: {}", located->record.id, reply.error().message()));
@@ -127,6 +135,9 @@ Command AddFork(CLI::App& parent, const std::shared_ptr<ForkArguments>& args) {
   app->add_flag("--paused", args->paused, "Leave the children paused");
   app->add_option("--name", args->name,
                   "Name of the child (with --count N, names get -1 .. -N appended)");
+  app->add_option("--serial-log", args->serial_log,
+                  "Also append each child's console output to this file (\"{id}\" becomes the "
+                  "child's id); it stays after the child stops");
   app->add_flag("--json", args->json_output, "Print the children as JSON (id, name, pid)");
   app->footer("Prints the id of each child, one per line. Each child is its own process.");
   return {app, [args] { return RunFork(*args); }};

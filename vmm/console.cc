@@ -12,25 +12,6 @@
 
 namespace forkvmm {
 
-Result<std::shared_ptr<FdSink>> FdSink::Open(const std::string& path) {
-  UniqueFd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
-  if (!fd.valid()) return Error::FromErrno("open", path);
-  return std::shared_ptr<FdSink>(new FdSink(std::move(fd)));
-}
-
-void FdSink::Write(std::span<const uint8_t> bytes) {
-  const uint8_t* data = bytes.data();
-  size_t left = bytes.size();
-  while (left > 0) {
-    ssize_t n = write(fd_, data, left);
-    if (n < 0 && errno == EINTR) continue;
-    // A closed or full console must not stall the vCPU: drop the output.
-    if (n <= 0) return;
-    data += n;
-    left -= static_cast<size_t>(n);
-  }
-}
-
 std::optional<RawTerminal> RawTerminal::Enter(int fd) {
   if (!isatty(fd)) return std::nullopt;
   termios saved{};
@@ -101,16 +82,24 @@ void WriteAll(int fd, std::span<const uint8_t> bytes) {
 }  // namespace
 
 Result<std::shared_ptr<ConsoleHub>> ConsoleHub::Create(const std::string& log_path,
+                                                       const std::string& extra_log_path,
                                                        int terminal_fd) {
   UniqueFd log(open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
   if (!log.valid()) return Error::FromErrno("open", log_path);
-  return std::shared_ptr<ConsoleHub>(new ConsoleHub(std::move(log), terminal_fd));
+  UniqueFd extra_log;
+  if (!extra_log_path.empty()) {
+    extra_log.Reset(open(extra_log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+    if (!extra_log.valid()) return Error::FromErrno("open", extra_log_path);
+  }
+  return std::shared_ptr<ConsoleHub>(
+      new ConsoleHub(std::move(log), std::move(extra_log), terminal_fd));
 }
 
 ConsoleHub::~ConsoleHub() { StopListening(); }
 
 void ConsoleHub::Write(std::span<const uint8_t> bytes) {
   WriteAll(log_.get(), bytes);
+  if (extra_log_.valid()) WriteAll(extra_log_.get(), bytes);
   if (terminal_fd_ >= 0) WriteAll(terminal_fd_, bytes);
   std::lock_guard lock(mutex_);
   for (auto& [fd, client] : clients_) {

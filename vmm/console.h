@@ -18,22 +18,6 @@
 
 namespace forkvmm {
 
-// Writes console bytes to a file descriptor (stdout or a log file).
-class FdSink : public devices::ByteSink {
- public:
-  // Does not take ownership of stdout-like fds; use Open() for files.
-  explicit FdSink(int fd) : fd_(fd) {}
-  // Opens (creates or appends to) a log file.
-  static Result<std::shared_ptr<FdSink>> Open(const std::string& path);
-
-  void Write(std::span<const uint8_t> bytes) override;
-
- private:
-  FdSink(UniqueFd owned) : owned_(std::move(owned)), fd_(owned_.get()) {}
-  UniqueFd owned_;
-  int fd_;
-};
-
 // Puts a terminal in raw mode for the life of the object, so keystrokes
 // (Ctrl-C included) go to the guest, and restores it afterwards.
 class RawTerminal {
@@ -71,9 +55,12 @@ class ConsoleEscape {
 // everything else runs on the event loop's thread.
 class ConsoleHub : public devices::ByteSink {
  public:
-  // `log_path`: the serial log (appended). `terminal_fd`: also copy output
-  // there (-1 for none); not owned.
-  static Result<std::shared_ptr<ConsoleHub>> Create(const std::string& log_path, int terminal_fd);
+  // `log_path`: the serial log (appended). `extra_log_path`: a second log
+  // the user asked for, which outlives the runtime directory ("" for none).
+  // `terminal_fd`: also copy output there (-1 for none); not owned.
+  static Result<std::shared_ptr<ConsoleHub>> Create(const std::string& log_path,
+                                                    const std::string& extra_log_path,
+                                                    int terminal_fd);
   ~ConsoleHub() override;
 
   void Write(std::span<const uint8_t> bytes) override;
@@ -91,12 +78,14 @@ class ConsoleHub : public devices::ByteSink {
     UniqueFd fd;
     bool dead = false;
   };
-  ConsoleHub(UniqueFd log, int terminal_fd) : log_(std::move(log)), terminal_fd_(terminal_fd) {}
+  ConsoleHub(UniqueFd log, UniqueFd extra_log, int terminal_fd)
+      : log_(std::move(log)), extra_log_(std::move(extra_log)), terminal_fd_(terminal_fd) {}
   void Accept();
   void OnClientReadable(int fd);
   void DropClient(int fd);
 
   UniqueFd log_;
+  UniqueFd extra_log_;
   int terminal_fd_;
   EventLoop* loop_ = nullptr;
   std::string path_;

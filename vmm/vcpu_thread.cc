@@ -20,6 +20,19 @@ uint64_t NowNanoseconds() {
 
 RateLimiter g_unhandled_io_limiter(10, std::chrono::seconds(5));
 
+const char* ExitReasonName(size_t reason) {
+  switch (reason) {
+    case KVM_EXIT_IO: return "io";
+    case KVM_EXIT_MMIO: return "mmio";
+    case KVM_EXIT_HLT: return "hlt";
+    case KVM_EXIT_SHUTDOWN: return "shutdown";
+    case KVM_EXIT_INTR: return "intr";
+    case KVM_EXIT_SYSTEM_EVENT: return "system_event";
+    case KVM_EXIT_INTERNAL_ERROR: return "internal_error";
+    default: return nullptr;
+  }
+}
+
 }  // namespace
 
 void VcpuThread::InstallKickSignalHandler() {
@@ -162,6 +175,24 @@ void VcpuThread::HandleMmio(kvm_run& run) {
     LogLimited(g_unhandled_io_limiter, LogLevel::kDebug, "vCPU {}: unclaimed MMIO {} {:#x}",
                vcpu_.id(), run.mmio.is_write ? "write to" : "read from", run.mmio.phys_addr);
   }
+}
+
+std::string FormatVcpuStats(const std::vector<VcpuStats>& stats) {
+  std::string out;
+  for (size_t i = 0; i < stats.size(); ++i) {
+    const VcpuStats& s = stats[i];
+    out += fmt::format("vCPU {}: {:.3f} s in guest, {:.3f} s in VMM, {} interrupted runs; exits:",
+                       i, static_cast<double>(s.guest_nanoseconds) / 1e9,
+                       static_cast<double>(s.vmm_nanoseconds) / 1e9, s.interrupted_runs);
+    for (size_t reason = 0; reason < s.exits_by_reason.size(); ++reason) {
+      if (s.exits_by_reason[reason] == 0) continue;
+      const char* name = ExitReasonName(reason);
+      out += name ? fmt::format(" {}={}", name, s.exits_by_reason[reason])
+                  : fmt::format(" reason{}={}", reason, s.exits_by_reason[reason]);
+    }
+    out += '\n';
+  }
+  return out;
 }
 
 }  // namespace forkvmm

@@ -7,7 +7,9 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "devices/bus.h"
 #include "vmm/kvm/kvm.h"
@@ -61,5 +63,8 @@ class VcpuThread {
   mutable std::mutex stats_mutex_;
   VcpuStats stats_;
 };
+
+// Formats per-vCPU statistics for humans, one line per vCPU.
+std::string FormatVcpuStats(const std::vector<VcpuStats>& stats);
 
 }  // namespace forkvmm

@@ -15,7 +15,7 @@
 #include <fmt/core.h>
 
 #include "vmm/base/log.h"
-#include "vmm/vm_runner.h"
+#include "vmm/vcpu_thread.h"
 
 namespace forkvmm {
 namespace {
@@ -24,6 +24,15 @@ using nlohmann::json;
 
 // How long the parent waits for a fork child to report that its VM runs.
 constexpr auto kChildReportTimeout = std::chrono::seconds(30);
+
+// Replaces every "{id}" in `pattern` with `id`.
+std::string ExpandId(std::string pattern, const std::string& id) {
+  for (size_t at = pattern.find("{id}"); at != std::string::npos; at = pattern.find("{id}", at)) {
+    pattern.replace(at, 4, id);
+    at += id.size();
+  }
+  return pattern;
+}
 
 int64_t NowUnixMilliseconds() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -116,7 +125,8 @@ Result<std::unique_ptr<VmProcess>> VmProcess::Boot(VmProcessOptions options) {
     return error;
   };
   int terminal = process->options_.foreground_console ? STDOUT_FILENO : -1;
-  auto console = ConsoleHub::Create(runtime.VmDirectory(record.id) + "/serial.log", terminal);
+  auto console = ConsoleHub::Create(runtime.VmDirectory(record.id) + "/serial.log",
+                                    ExpandId(process->options_.serial_log, record.id), terminal);
   if (!console.ok()) return fail(std::move(console).error());
   process->console_ = *console;
   auto vm = Vm::Create(process->options_.config, process->options_.host, process->console_);
@@ -274,6 +284,7 @@ CommandReply VmProcess::HandleFork(const json& arguments) {
     request.count = static_cast<uint32_t>(count);
     request.paused = arguments.value("paused", false);
     request.name = arguments.value("name", "");
+    request.serial_log = arguments.value("serial_log", "");
   } catch (const json::exception& e) {
     return CommandReply::Failure(fmt::format("invalid fork arguments: {}", e.what()));
   }
@@ -314,6 +325,7 @@ Result<std::vector<ForkedChild>> VmProcess::Fork(const ForkRequest& request) {
   for (uint32_t i = 0; i < request.count; ++i) {
     ChildPlan plan;
     plan.paused = request.paused || !was_running;
+    plan.serial_log = request.serial_log;
     plan.record.id = runtime_->NewId();
     if (!request.name.empty()) {
       plan.record.name = request.count == 1 ? request.name : fmt::format("{}-{}", request.name, i + 1);
@@ -408,7 +420,8 @@ void VmProcess::RunChild(const ChildPlan& plan, const snapshot::VmState& state) 
   options.print_stats = false;
   options.ready_fd = -1;
   std::unique_ptr<VmProcess> child(new VmProcess(std::move(options)));
-  auto console = ConsoleHub::Create(directory + "/serial.log", -1);
+  auto console = ConsoleHub::Create(directory + "/serial.log",
+                                    ExpandId(plan.serial_log, plan.record.id), -1);
   if (!console.ok()) fail(console.error());
   child->console_ = *console;
   auto vm = Vm::Restore(child->options_.config, child->options_.host, child->console_,

@@ -40,6 +40,9 @@ struct VmProcessOptions {
   // Copy console output to stdout and read console input from stdin.
   bool foreground_console = true;
   bool print_stats = false;
+  // Also append console output to this file; "{id}" is replaced by the VM
+  // id. Unlike the runtime directory's serial.log it stays after the VM.
+  std::string serial_log;
   // Where to write "ok <id>\n" once the VM runs, or "error <message>\n";
   // -1 for none. `forkvmm run --detach` waits on it.
   int ready_fd = -1;
@@ -49,6 +52,8 @@ struct ForkRequest {
   uint32_t count = 1;
   bool paused = false;  // children start paused
   std::string name;     // child name; with count > 1, "-<n>" is appended
+  // Also append each child's console output here ("{id}" is replaced).
+  std::string serial_log;
 };
 
 struct ForkedChild {
@@ -88,6 +93,7 @@ class VmProcess {
     VmRecord record;
     int status_fd = -1;
     bool paused = false;
+    std::string serial_log;
   };
   [[noreturn]] void RunChild(const ChildPlan& plan, const snapshot::VmState& state);
 
