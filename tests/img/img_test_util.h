@@ -1,0 +1,36 @@
+// Helpers for tests that run forkvmm-img, qemu-img and qemu-io as processes.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace forkvmm::block::testing {
+
+struct ProcessResult {
+  int exit_code = -1;  // when the process exited
+  int signal = 0;      // when a signal killed it
+  std::string out;
+  std::string err;
+};
+
+// Runs `argv` (argv[0] looked up in PATH) with stdout and stderr captured.
+ProcessResult RunProcess(const std::vector<std::string>& argv);
+
+// The forkvmm-img binary built beside the tests.
+std::string ForkvmmImg();
+
+// True when qemu-img and qemu-io are in PATH.
+bool HaveQemu();
+
+// Splits text into lines, dropping a trailing empty line.
+std::vector<std::string> Lines(const std::string& text);
+
+}  // namespace forkvmm::block::testing
+
+// Skips the current test, saying why, when qemu-img or qemu-io are missing.
+#define SKIP_WITHOUT_QEMU()                                                          \
+  do {                                                                               \
+    if (!::forkvmm::block::testing::HaveQemu()) {                                    \
+      GTEST_SKIP() << "qemu-img or qemu-io not found in PATH (Debian: qemu-utils)";  \
+    }                                                                                \
+  } while (0)
