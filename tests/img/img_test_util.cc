@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -32,7 +33,7 @@ bool InPath(const std::string& name) {
 
 }  // namespace
 
-ProcessResult RunProcess(const std::vector<std::string>& argv) {
+ProcessResult RunProcess(const std::vector<std::string>& argv, const ProcessLimits& limits) {
   ProcessResult result;
   FILE* out = tmpfile();
   FILE* err = tmpfile();
@@ -41,6 +42,12 @@ ProcessResult RunProcess(const std::vector<std::string>& argv) {
   if (pid == 0) {
     dup2(fileno(out), STDOUT_FILENO);
     dup2(fileno(err), STDERR_FILENO);
+    rlimit cpu{limits.cpu_seconds, limits.cpu_seconds};
+    setrlimit(RLIMIT_CPU, &cpu);
+    if (limits.address_space_bytes != 0) {
+      rlimit memory{limits.address_space_bytes, limits.address_space_bytes};
+      setrlimit(RLIMIT_AS, &memory);
+    }
     std::vector<char*> args;
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);

@@ -1,6 +1,7 @@
 // Helpers for tests that run forkvmm-img, qemu-img and qemu-io as processes.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -13,8 +14,15 @@ struct ProcessResult {
   std::string err;
 };
 
-// Runs `argv` (argv[0] looked up in PATH) with stdout and stderr captured.
-ProcessResult RunProcess(const std::vector<std::string>& argv);
+// Limits for a child process, so a hang or a runaway allocation fails the
+// test instead of stalling the machine.
+struct ProcessLimits {
+  uint64_t cpu_seconds = 120;
+  uint64_t address_space_bytes = 0;  // 0: unlimited
+};
+
+// Runs `argv` with stdout and stderr captured. argv[0] is looked up in PATH.
+ProcessResult RunProcess(const std::vector<std::string>& argv, const ProcessLimits& limits = {});
 
 // The forkvmm-img binary built beside the tests.
 std::string ForkvmmImg();
