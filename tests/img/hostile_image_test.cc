@@ -22,9 +22,9 @@ using testing::HashFile;
 using testing::RunProcess;
 using testing::TempDir;
 
-// Limits for forkvmm-img on hostile input: the caps allow at most 32 MiB for
+// Limits for forkvmm-img on hostile input. The caps allow at most 32 MiB for
 // an L1 table and 8 MiB for a refcount table, so 256 MiB of address space is
-// plenty, and nothing here should take more than seconds of CPU.
+// plenty. Nothing here should take more than seconds of CPU.
 constexpr testing::ProcessLimits kHostileLimits{.cpu_seconds = 20,
                                                 .address_space_bytes = 256ull << 20};
 
