@@ -20,6 +20,7 @@ struct Command {
 // Each command module defines one of these (tools/<name>_command.cc).
 Command AddRunCommand(CLI::App& parent);
 Command AddImgCommand(CLI::App& parent);
+Command AddProbeCommand(CLI::App& parent);
 // fork, ls, pause, resume, kill, console, logs (tools/vm_commands.cc).
 std::vector<Command> AddVmCommands(CLI::App& parent);
 // `forkvmm --fork <vm>`: the same as `forkvmm fork <vm>`.

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   std::vector<forkvmm::cli::Command> commands;
   commands.push_back(forkvmm::cli::AddRunCommand(app));
   commands.push_back(forkvmm::cli::AddImgCommand(app));
+  commands.push_back(forkvmm::cli::AddProbeCommand(app));
   for (auto& command : forkvmm::cli::AddVmCommands(app)) commands.push_back(std::move(command));
 
   try {
