@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
+
+#include "devices/virtio/block_request.h"
 #include "devices/virtio/test_ring.h"
 
 namespace forkvmm::devices::virtio {
@@ -416,6 +419,85 @@ TEST_F(VirtqueueTest, SaveAndRestoreContinueWhereLeft) {
   EXPECT_EQ(next.head, second);
   ASSERT_TRUE(restored->PushUsed(next.head, 1).ok());
   EXPECT_EQ(ring_.UsedIndex(), 2);
+}
+
+// Random descriptor tables and rings: whatever the guest writes, every
+// buffer handed out lies inside guest RAM, no chain is longer than the
+// queue, and the block request parser accepts or rejects it without harm.
+TEST_F(VirtqueueTest, RandomRingsStayInsideRam) {
+  std::mt19937_64 random(12345);
+  const uint64_t table = ring_.Allocate(16 * sizeof(vring_desc));
+  auto random_address = [&]() -> uint64_t {
+    switch (random() % 4) {
+      case 0:
+        return random() % testing::kTestRamBytes;
+      case 1:
+        return testing::kTestRamBytes - random() % 64;
+      case 2:
+        return ~uint64_t{0} - random() % 64;
+      default:
+        return memory::kMiB + random() % 4096;
+    }
+  };
+  auto random_descriptor = [&]() {
+    return vring_desc{random_address(),
+                      static_cast<uint32_t>(random() % 2 ? random() % 2048 : random()),
+                      static_cast<uint16_t>(random() % 8), static_cast<uint16_t>(random() % 10)};
+  };
+  const BlockRequestLimits limits{.capacity_sectors = 2048,
+                                  .discard = true,
+                                  .write_zeroes = true,
+                                  .max_discard_sectors = 64,
+                                  .max_discard_segments = 4,
+                                  .max_write_zeroes_sectors = 64,
+                                  .max_write_zeroes_segments = 4};
+  int popped_chains = 0;
+  int broken_rounds = 0;
+  for (int round = 0; round < 2000; ++round) {
+    for (uint16_t i = 0; i < ring_.size(); ++i) {
+      const vring_desc descriptor = random_descriptor();
+      ring_.SetDescriptor(i, descriptor.addr, descriptor.len, descriptor.flags, descriptor.next);
+    }
+    std::vector<vring_desc> indirect(16);
+    for (vring_desc& descriptor : indirect) descriptor = random_descriptor();
+    ring_.WriteTable(table, indirect);
+    if (random() % 2)
+      ring_.SetDescriptor(random() % 8, table, 16 * (random() % 17), VRING_DESC_F_INDIRECT);
+    VirtqueueState state = ring_.state();
+    state.next_available = ring_.AvailableIndex();
+    for (int i = 0; i < 4; ++i) ring_.MakeAvailable(static_cast<uint16_t>(random() % 9));
+
+    auto created = Virtqueue::Create(memory_, state, kMaxQueueSize, kAllFeatures);
+    ASSERT_TRUE(created.ok());
+    Virtqueue queue = std::move(created).value();
+    int chains = 0;
+    for (int pop = 0; pop < 8; ++pop) {
+      auto popped = queue.Pop();
+      if (!popped.ok() || !popped->has_value()) break;
+      const DescriptorChain& chain = **popped;
+      ++chains;
+      ASSERT_LE(chain.buffers.size(), ring_.size());
+      for (const DescriptorBuffer& buffer : chain.buffers) {
+        ASSERT_TRUE(memory_.IsValidRange(buffer.address, buffer.length));
+      }
+      ParsedBlockRequest request = ParseBlockRequest(memory_, chain, limits);
+      const uint8_t* start = memory_.HostAddress(0, 1).value();
+      for (const iovec& piece : request.data) {
+        const auto* base = static_cast<const uint8_t*>(piece.iov_base);
+        ASSERT_GE(base, start);
+        ASSERT_LE(base + piece.iov_len, start + testing::kTestRamBytes);
+      }
+      if (request.status_address) {
+        ASSERT_TRUE(memory_.IsValidRange(*request.status_address, 1));
+      }
+    }
+    // Heads 0-7 make chains and head 8 breaks the queue, so each round
+    // pops chains until the first 8.
+    popped_chains += chains;
+    broken_rounds += queue.broken() ? 1 : 0;
+  }
+  EXPECT_GT(popped_chains, 2000);
+  EXPECT_GT(broken_rounds, 100);
 }
 
 }  // namespace
