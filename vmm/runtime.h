@@ -1,7 +1,7 @@
 // The runtime directory where each VM process registers itself, so the CLI
 // can find, list and control VMs by id or name.
 //
-// Layout: <root>/<id>/ holds
+// Layout: <root>/<id>/ contains
 //   vm.json       the VmRecord (written atomically by the VM process)
 //   control.sock  the QMP-style control socket (mode 0600)
 //   console.sock  the serial console socket for `forkvmm console`
