@@ -23,11 +23,12 @@ Result<ImageFormat> ParseFormatName(std::string_view name) {
 BlockBackend::~BlockBackend() = default;
 
 void BlockBackend::FlushOnClose() {
-  if (read_only_) return;
   if (queue_) {
+    // Requests still in flight refer to this layer's files and state.
     Status drained = queue_->Drain();
     if (!drained.ok()) LOG_ERROR("closing {}: {}", path_, drained.error().message());
   }
+  if (read_only_) return;
   Status flushed = Flush();
   if (!flushed.ok()) LOG_ERROR("closing {}: {}", path_, flushed.error().message());
 }

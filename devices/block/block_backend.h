@@ -147,8 +147,9 @@ class BlockBackend {
   virtual Status DoReopenReadOnly() = 0;
   // True when no asynchronous I/O is in flight (qcow2 frees clusters only then).
   bool io_idle() const { return in_flight() == 0; }
-  // Flushes in the destructor of the most derived class, while its state
-  // still exists; logs a failure.
+  // Completes in-flight requests and flushes a writable layer. Called by the
+  // destructor of the most derived class, while its state still exists;
+  // failures are logged.
   void FlushOnClose();
 
   std::string path_;

@@ -95,8 +95,13 @@ Result<std::unique_ptr<Qcow2Backend>> Qcow2Backend::Open(ImageFile file) {
 
   std::unique_ptr<Qcow2Backend> image(
       new Qcow2Backend(std::move(file), std::move(header).value(), file_size));
-  if (!image->read_only()) TRY(image->PrepareForWriting());
-  TRY(image->LoadTables(image->refcounts_ ? image->refcounts_->file_end() : file_size));
+  // Everything that can reject the image runs before a writable open
+  // changes the file (refcount repair, autoclear bits).
+  TRY(image->LoadL1Table());
+  if (!image->read_only()) {
+    TRY(image->PrepareForWriting());
+    image->FindMetadata(image->refcounts_->file_end());
+  }
   image->open_complete_ = true;
   return image;
 }
@@ -127,14 +132,16 @@ Status Qcow2Backend::PrepareForWriting() {
   return Ok();
 }
 
-Status Qcow2Backend::LoadTables(uint64_t file_size) {
+Status Qcow2Backend::LoadL1Table() {
   // ParseHeader checked that the L1 table lies inside the file and under its cap.
   std::vector<uint8_t> raw(uint64_t{header_.l1_size} * 8);
   TRY(file_.ReadExact(header_.l1_table_offset, raw));
   l1_.resize(header_.l1_size);
   for (size_t i = 0; i < l1_.size(); ++i) l1_[i] = qcow2::LoadBe64(raw.data() + i * 8);
-  if (!refcounts_) return Ok();
+  return Ok();
+}
 
+void Qcow2Backend::FindMetadata(uint64_t file_size) {
   // Remember where metadata lives, so that neither the allocator nor a
   // guest write can land on it even if the refcounts or an L2 entry lie.
   auto add = [&](uint64_t offset) {
@@ -144,14 +151,13 @@ Status Qcow2Backend::LoadTables(uint64_t file_size) {
   };
   metadata_.Insert(0);
   metadata_.InsertRange(header_.l1_table_offset / cluster_size_,
-                        qcow2::DivRoundUp(raw.size(), cluster_size_));
+                        qcow2::DivRoundUp(uint64_t{header_.l1_size} * 8, cluster_size_));
   metadata_.InsertRange(header_.refcount_table_offset / cluster_size_,
                         header_.refcount_table_clusters);
   for (uint64_t entry : refcounts_->table()) add(entry & ~qcow2::kRefcountTableReservedMask);
   for (uint64_t entry : l1_) add(entry & qcow2::kOffsetMask);
   // NOTE: tables of internal snapshots are not added; their refcounts are
   // non-zero in a consistent image, which keeps the allocator off them.
-  return Ok();
 }
 
 uint64_t Qcow2Backend::L2Index(uint64_t guest_offset) const {
@@ -274,7 +280,8 @@ void Qcow2Backend::StartRead(IoQueue& queue, uint64_t offset, std::span<const io
         Status read = ReadCompressed(*entry, {});
         if (!read.ok()) {
           tracker->Fail(Corrupt(guest, read.error().message()));
-          break;
+          tracker->Finish(Ok());
+          return;
         }
         CopyToIovecs(slice, std::span(decompressed_).subspan(in_cluster, n));
         break;

@@ -68,8 +68,9 @@ class Qcow2Backend final : public BlockBackend {
  private:
   Qcow2Backend(ImageFile file, qcow2::Header header, uint64_t file_size);
 
-  Status LoadTables(uint64_t file_size);
+  Status LoadL1Table();
   Status PrepareForWriting();
+  void FindMetadata(uint64_t file_size);
 
   // Mapping.
   Result<uint64_t> L2TableOffset(uint64_t guest_offset);
