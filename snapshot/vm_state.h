@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "devices/legacy/serial.h"
+#include "devices/virtio/mmio_transport.h"
 #include "vmm/kvm/kvm.h"
 
 namespace forkvmm::snapshot {
@@ -54,6 +55,8 @@ struct VmState {
   std::optional<kvm_pit_state2> pit;
   kvm_clock_data clock{};
   devices::SerialState serial;
+  // One per disk, in the order of VmConfig::disks.
+  std::vector<devices::virtio::MmioTransportState> disks;
 };
 
 }  // namespace forkvmm::snapshot

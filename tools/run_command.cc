@@ -4,11 +4,14 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
+#include <optional>
 #include <memory>
 #include <string>
 
 #include <fmt/core.h>
 
+#include "devices/block/image.h"
 #include "tools/command.h"
 #include "tools/guest_paths.h"
 #include "vmm/base/log.h"
@@ -37,11 +40,50 @@ struct RunArguments {
   bool paused = false;
   std::string name;
   std::string runtime_dir;
+  std::vector<std::string> disks;
 };
 
 constexpr const char* kDefaultCommandLine = "console=ttyS0 reboot=k panic=-1";
 
 void Fail(const std::string& message) { std::fprintf(stderr, "forkvmm run: %s\n", message.c_str()); }
+
+// Parses --disk PATH[,ro][,format=qcow2|raw].
+Result<DiskConfig> ParseDisk(const std::string& spec) {
+  DiskConfig disk;
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (true) {
+    size_t comma = spec.find(',', start);
+    parts.push_back(spec.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  disk.path = parts[0];
+  if (disk.path.empty()) return Error(fmt::format("--disk '{}': missing path", spec));
+  std::optional<block::ImageFormat> format;
+  for (size_t i = 1; i < parts.size(); ++i) {
+    if (parts[i] == "ro") {
+      disk.read_only = true;
+    } else if (parts[i].starts_with("format=")) {
+      auto parsed = block::ParseFormatName(parts[i].substr(7));
+      if (!parsed.ok()) return Error(fmt::format("--disk '{}': {}", spec, parsed.error().message()));
+      format = *parsed;
+    } else {
+      return Error(fmt::format("--disk '{}': unknown option '{}'; expected ro or format=qcow2|raw",
+                               spec, parts[i]));
+    }
+  }
+  if (!format) {
+    // Only the image named on the command line is ever probed; backing
+    // files must state their format.
+    auto probed = block::ProbeImageFormat(disk.path);
+    if (!probed.ok()) return Error(fmt::format("--disk: {}", probed.error().message()));
+    format = *probed;
+  }
+  disk.format = *format;
+  disk.overlay_stem = std::filesystem::path(disk.path).stem().string();
+  return disk;
+}
 
 // Fills in the project's own guest where the user named no kernel.
 Status ApplyGuestDefaults(RunArguments& args) {
@@ -116,6 +158,14 @@ int Run(RunArguments& args) {
   options.config.vcpu_count = args.cpus;
   options.config.create_pit = args.pit;
   options.config.transparent_hugepages = !args.no_hugepages;
+  for (const std::string& spec : args.disks) {
+    auto disk = ParseDisk(spec);
+    if (!disk.ok()) {
+      Fail(disk.error().message());
+      return 1;
+    }
+    options.config.disks.push_back(std::move(disk).value());
+  }
   options.host = DetectHost();
   options.runtime_root = args.runtime_dir;
   options.name = args.name;
@@ -199,6 +249,10 @@ Command AddRunCommand(CLI::App& parent) {
                   "Guest RAM: a number of MiB, or a size with a K, M, G or T suffix")
       ->capture_default_str();
   app->add_option("--cpus", args->cpus, "Number of vCPUs")->capture_default_str();
+  app->add_option("--disk", args->disks,
+                  "A virtio-blk disk: PATH[,ro][,format=qcow2|raw]; repeat for more (the first is "
+                  "/dev/vda). Without format= the file's first bytes decide; give it for images a "
+                  "guest could have written");
   app->add_option("--serial-log", args->serial_log,
                   "Also append the guest's console output to this file, which stays after the "
                   "VM stops (\"{id}\" becomes the VM id)");

@@ -1,9 +1,14 @@
 #include "vmm/vm.h"
 
 #include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <filesystem>
 
 #include <fmt/core.h>
 
+#include "devices/block/image.h"
+#include "devices/virtio/mmio_wiring.h"
 #include "vmm/base/log.h"
 #include "vmm/boot/boot_layout.h"
 #include "vmm/boot/boot_params.h"
@@ -41,6 +46,29 @@ class IrqfdLine : public devices::IrqLine {
  private:
   UniqueFd fd_;
 };
+
+// Registers virtio queue notifications with KVM_IOEVENTFD on this VM.
+class KvmIoeventfds : public devices::virtio::IoeventfdRegistrar {
+ public:
+  explicit KvmIoeventfds(kvm::KvmVm& vm) : vm_(vm) {}
+  Status Register(int event_fd, uint64_t address, uint32_t length, uint64_t datamatch) override {
+    return vm_.AddIoeventfdWithDatamatch(event_fd, address, length, datamatch);
+  }
+  Status Unregister(int event_fd, uint64_t address, uint32_t length,
+                    uint64_t datamatch) override {
+    return vm_.RemoveIoeventfdWithDatamatch(event_fd, address, length, datamatch);
+  }
+
+ private:
+  kvm::KvmVm& vm_;
+};
+
+// The overlay file for `vm_id` next to `top_path`: <dir>/<stem>.<tag>.qcow2.
+std::string OverlayPath(const std::string& top_path, const std::string& stem,
+                        const std::string& tag) {
+  std::filesystem::path top(top_path);
+  return (top.parent_path() / fmt::format("{}.{}.qcow2", stem, tag)).string();
+}
 
 Status CheckVcpuCount(const kvm::KvmSystem& system, uint32_t count) {
   int max_vcpus = system.CheckExtension(KVM_CAP_MAX_VCPUS);
@@ -82,6 +110,7 @@ Result<std::unique_ptr<Vm>> Vm::Create(const VmConfig& config, const HostProfile
   TRY(vm->CreateVcpus(host));
   TRY(vm->LoadGuest(host));
   TRY(vm->CreateDevices(std::move(console)));
+  TRY(vm->CreateDisks());
   return vm;
 }
 
@@ -91,7 +120,8 @@ Result<std::unique_ptr<Vm>> Vm::Restore(const VmConfig& config, const HostProfil
                                         const snapshot::VmState& state) {
   if (state.machine.ram_bytes != memory.ram_bytes() ||
       state.machine.vcpu_count != config.vcpu_count ||
-      state.vcpus.size() != config.vcpu_count || state.machine.has_pit != config.create_pit) {
+      state.vcpus.size() != config.vcpu_count || state.machine.has_pit != config.create_pit ||
+      state.disks.size() != config.disks.size()) {
     return Error("saved VM state does not match the machine configuration");
   }
   ASSIGN_OR_RETURN(std::unique_ptr<Vm> vm, CreateMachine(config, std::move(memory)));
@@ -108,6 +138,13 @@ Result<std::unique_ptr<Vm>> Vm::Restore(const VmConfig& config, const HostProfil
   TRY_CTX(vm->kvm_vm_.SetClock(state.clock), "restoring kvmclock");
   TRY(vm->CreateDevices(std::move(console)));
   vm->serial_->Restore(state.serial);
+  TRY(vm->CreateDisks());
+  // After the irqchip: a restored disk may re-send an interrupt the guest
+  // had not acknowledged.
+  for (size_t i = 0; i < vm->disks_.size(); ++i) {
+    TRY_CTX(vm->disks_[i].transport->Restore(state.disks[i]),
+            fmt::format("restoring disk {}", config.disks[i].path));
+  }
   return vm;
 }
 
@@ -127,7 +164,150 @@ Result<snapshot::VmState> Vm::CaptureState() const {
   }
   ASSIGN_OR_RETURN(state.clock, kvm_vm_.GetClock());
   state.serial = serial_->Save();
+  for (const Disk& disk : disks_) {
+    if (!disk.quiesced_state) {
+      return Error("capturing the VM state: the disks are still running; quiesce them first");
+    }
+    state.disks.push_back(*disk.quiesced_state);
+  }
   return state;
+}
+
+Status Vm::CreateDisks() {
+  if (config_.disks.size() > devices::virtio::kMaxVirtioMmioDevices) {
+    return Error(fmt::format("{} disks given; forkvmm supports at most {}", config_.disks.size(),
+                             devices::virtio::kMaxVirtioMmioDevices));
+  }
+  ioeventfds_ = std::make_shared<KvmIoeventfds>(kvm_vm_);
+  for (size_t i = 0; i < config_.disks.size(); ++i) {
+    const DiskConfig& disk = config_.disks[i];
+    ASSIGN_OR_RETURN(auto slot, devices::virtio::VirtioMmioSlotAt(static_cast<uint32_t>(i)));
+    ASSIGN_OR_RETURN(std::unique_ptr<block::BlockBackend> backend,
+                     block::OpenImage(disk.path, disk.format, {.read_only = disk.read_only}));
+    ASSIGN_OR_RETURN(auto device,
+                     devices::virtio::VirtioBlock::Create(
+                         std::move(backend), {.id = fmt::format("forkvmm-disk{}", i)}));
+    ASSIGN_OR_RETURN(auto irq, IrqfdLine::Create(kvm_vm_, slot.gsi));
+    ASSIGN_OR_RETURN(auto transport, devices::virtio::AttachVirtioMmioDevice(
+                                         mmio_bus_, slot, device, memory_, irq, ioeventfds_));
+    disks_.push_back({device, transport, std::nullopt});
+  }
+  return Ok();
+}
+
+Status Vm::QuiesceDisks() {
+  for (size_t i = 0; i < disks_.size(); ++i) {
+    Disk& disk = disks_[i];
+    if (disk.quiesced_state) continue;
+    auto state = disk.transport->Quiesce();
+    if (!state.ok()) {
+      // Leave every disk running, as before the call.
+      Status resumed = ResumeDisks();
+      (void)resumed;
+      return std::move(state).error().WithContext(
+          fmt::format("quiescing disk {}", config_.disks[i].path));
+    }
+    disk.quiesced_state = std::move(state).value();
+  }
+  return Ok();
+}
+
+Status Vm::ResumeDisks() {
+  Status result = Ok();
+  for (size_t i = 0; i < disks_.size(); ++i) {
+    Disk& disk = disks_[i];
+    if (!disk.quiesced_state) continue;
+    Status status = disk.transport->Resume();
+    if (status.ok()) {
+      disk.quiesced_state.reset();
+    } else if (result.ok()) {
+      result = std::move(status).error().WithContext(
+          fmt::format("resuming disk {}", config_.disks[i].path));
+    }
+  }
+  return result;
+}
+
+Result<DiskBranch> Vm::BranchDisks(const std::string& own_id, uint32_t generation,
+                                   const std::vector<std::string>& child_ids) {
+  DiskBranch branch;
+  std::vector<std::string> created;
+  auto remove_created = [&created] {
+    for (const std::string& path : created) unlink(path.c_str());
+  };
+  // First every overlay, while the top layers are still writable, so a
+  // failure leaves nothing changed.
+  for (size_t i = 0; i < config_.disks.size(); ++i) {
+    const DiskConfig& disk = config_.disks[i];
+    if (disk.read_only) continue;
+    DiskBranch::Entry entry;
+    entry.disk = i;
+    std::string backing_name = std::filesystem::path(disk.path).filename().string();
+    std::vector<std::string> paths;
+    paths.push_back(OverlayPath(disk.path, disk.overlay_stem, fmt::format("{}-{}", own_id, generation)));
+    for (const std::string& child : child_ids) {
+      paths.push_back(OverlayPath(disk.path, disk.overlay_stem, child));
+    }
+    for (const std::string& path : paths) {
+      // The overlay sits next to its backing file, so the recorded name
+      // is the file name alone and the pair can move together.
+      Status status = block::CreateOverlay(path, backing_name, disk.format);
+      if (!status.ok()) {
+        remove_created();
+        return std::move(status).error().WithContext(
+            fmt::format("creating a fork overlay of disk {}", disk.path));
+      }
+      created.push_back(path);
+    }
+    entry.parent_overlay = paths.front();
+    entry.child_overlays.assign(paths.begin() + 1, paths.end());
+    branch.entries.push_back(std::move(entry));
+  }
+  // Then freeze: nothing may write a layer that has children.
+  for (size_t k = 0; k < branch.entries.size(); ++k) {
+    const DiskBranch::Entry& entry = branch.entries[k];
+    block::BlockBackend* top = disks_[entry.disk].device->backend();
+    Status frozen = top != nullptr ? top->ReopenReadOnly()
+                                   : Status(Error("the disk has no backend"));
+    if (!frozen.ok()) {
+      // The layers frozen so far carry on under this VM's new overlays.
+      DiskBranch done;
+      done.entries.assign(branch.entries.begin(), branch.entries.begin() + static_cast<long>(k));
+      Status adopted = AdoptBranch(done);
+      (void)adopted;
+      for (size_t j = k; j < branch.entries.size(); ++j) unlink(branch.entries[j].parent_overlay.c_str());
+      for (const auto& e : branch.entries) {
+        for (const std::string& path : e.child_overlays) unlink(path.c_str());
+      }
+      return std::move(frozen).error().WithContext(
+          fmt::format("freezing disk {}", config_.disks[entry.disk].path));
+    }
+  }
+  return branch;
+}
+
+Status Vm::AdoptBranch(const DiskBranch& branch) {
+  for (const DiskBranch::Entry& entry : branch.entries) {
+    Disk& disk = disks_[entry.disk];
+    std::unique_ptr<block::BlockBackend> top = disk.device->ReleaseBackend();
+    if (!top) return Error("AdoptBranch: the disk is running");
+    ASSIGN_OR_RETURN_CTX(std::unique_ptr<block::BlockBackend> overlay,
+                         block::OpenOverlayOn(entry.parent_overlay, std::move(top)),
+                         fmt::format("opening fork overlay {}", entry.parent_overlay));
+    TRY(disk.device->ReplaceBackend(std::move(overlay)));
+    config_.disks[entry.disk].path = entry.parent_overlay;
+    config_.disks[entry.disk].format = block::ImageFormat::kQcow2;
+  }
+  return Ok();
+}
+
+std::vector<DiskConfig> Vm::ChildDisks(const DiskBranch& branch, size_t index) const {
+  std::vector<DiskConfig> disks = config_.disks;
+  for (const DiskBranch::Entry& entry : branch.entries) {
+    disks[entry.disk].path = entry.child_overlays.at(index);
+    disks[entry.disk].format = block::ImageFormat::kQcow2;
+  }
+  return disks;
 }
 
 Vm::~Vm() {
@@ -170,6 +350,10 @@ Status Vm::LoadGuest(const HostProfile& host) {
     ASSIGN_OR_RETURN(initrd, boot::LoadInitrd(config_.initrd_path, kernel, memory_));
   }
   std::string command_line = config_.command_line;
+  for (size_t i = 0; i < config_.disks.size(); ++i) {
+    ASSIGN_OR_RETURN(auto slot, devices::virtio::VirtioMmioSlotAt(static_cast<uint32_t>(i)));
+    command_line += ' ' + devices::virtio::VirtioMmioKernelParameter(slot);
+  }
   if (!host.extra_kernel_parameters.empty()) {
     command_line += ' ' + host.extra_kernel_parameters;
   }

@@ -12,13 +12,17 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "devices/block/block_backend.h"
 #include "devices/bus.h"
 #include "devices/legacy/debug_device.h"
 #include "devices/legacy/i8042.h"
 #include "devices/legacy/serial.h"
+#include "devices/virtio/block.h"
+#include "devices/virtio/mmio_transport.h"
 #include "memory/guest_memory.h"
 #include "snapshot/vm_state.h"
 #include "vmm/host.h"
@@ -27,6 +31,27 @@
 #include "vmm/vcpu_thread.h"
 
 namespace forkvmm {
+
+// One virtio-blk disk. The first disk is /dev/vda in a Linux guest.
+struct DiskConfig {
+  std::string path;
+  block::ImageFormat format = block::ImageFormat::kQcow2;
+  bool read_only = false;
+  // The stem that fork overlays of this disk are named after
+  // (<directory>/<stem>.<vm id>.qcow2); the boot-time file's name by default.
+  std::string overlay_stem;
+};
+
+// The disk half of a fork: new overlays on each writable disk's frozen top
+// layer, one for this VM and one per child.
+struct DiskBranch {
+  struct Entry {
+    size_t disk = 0;
+    std::string parent_overlay;
+    std::vector<std::string> child_overlays;  // in child order
+  };
+  std::vector<Entry> entries;
+};
 
 struct VmConfig {
   std::string kernel_path;
@@ -40,6 +65,7 @@ struct VmConfig {
   bool create_pit = false;
   memory::Backing memory_backing = memory::Backing::kAnonymous;
   bool transparent_hugepages = true;
+  std::vector<DiskConfig> disks;
 };
 
 enum class VmState { kCreated, kRunning, kPaused, kStopped };
@@ -63,6 +89,24 @@ class Vm {
   // Captures vCPU, interrupt controller, clock and device state. The VM
   // must be paused.
   Result<snapshot::VmState> CaptureState() const;
+
+  // --- fork support for disks; all of these need the VM paused ---
+
+  // Stops every disk's request processing after completing what is in
+  // flight. CaptureState() then includes the disks.
+  Status QuiesceDisks();
+  Status ResumeDisks();
+  // Creates the overlays for a fork into children `child_ids`, then freezes
+  // each writable disk's top layer (read-only from now on). On failure no
+  // overlay remains and every disk is as before.
+  Result<DiskBranch> BranchDisks(const std::string& own_id, uint32_t generation,
+                                 const std::vector<std::string>& child_ids);
+  // Moves this VM onto its own new overlays after the children were forked.
+  Status AdoptBranch(const DiskBranch& branch);
+  // The disk configuration of child `index` of `branch`.
+  std::vector<DiskConfig> ChildDisks(const DiskBranch& branch, size_t index) const;
+  // The current disk configuration (top layers).
+  const std::vector<DiskConfig>& disks() const { return config_.disks; }
 
   // Hands the guest RAM mapping to a new owner. Used only in a fork child,
   // whose copy of this object is abandoned, never destroyed: its threads do
@@ -99,6 +143,7 @@ class Vm {
   Status CreateVcpus(const HostProfile& host);
   Status LoadGuest(const HostProfile& host);
   Status CreateDevices(std::shared_ptr<devices::ByteSink> console);
+  Status CreateDisks();
 
   VmConfig config_;
   kvm::KvmSystem system_;
@@ -113,6 +158,13 @@ class Vm {
   devices::Bus mmio_bus_{"MMIO"};
   std::shared_ptr<devices::Serial> serial_;
   std::shared_ptr<devices::IrqLine> serial_irq_;
+  struct Disk {
+    std::shared_ptr<devices::virtio::VirtioBlock> device;
+    std::shared_ptr<devices::virtio::MmioTransport> transport;
+    std::optional<devices::virtio::MmioTransportState> quiesced_state;
+  };
+  std::shared_ptr<devices::virtio::IoeventfdRegistrar> ioeventfds_;
+  std::vector<Disk> disks_;
   VmState state_ = VmState::kCreated;
 };
 

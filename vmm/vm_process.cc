@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <algorithm>
 #include <set>
 
 #include <fmt/core.h>
@@ -117,6 +118,7 @@ Result<std::unique_ptr<VmProcess>> VmProcess::Boot(VmProcessOptions options) {
   record.ram_bytes = options.config.ram_bytes;
   record.vcpu_count = options.config.vcpu_count;
   record.created_unix_ms = NowUnixMilliseconds();
+  for (const DiskConfig& disk : options.config.disks) record.disks.push_back(disk.path);
   TRY(runtime.CreateVm(record));
 
   std::unique_ptr<VmProcess> process(new VmProcess(std::move(options)));
@@ -310,15 +312,44 @@ Result<std::vector<ForkedChild>> VmProcess::Fork(const ForkRequest& request) {
     if (was_running) vm_->Resume();
   };
 
+  Status quiesced = vm_->QuiesceDisks();
+  if (!quiesced.ok()) {
+    resume_parent();
+    return std::move(quiesced).error();
+  }
+  auto resume_all = [&] {
+    Status resumed = vm_->ResumeDisks();
+    if (!resumed.ok()) LOG_ERROR("fork: {}", resumed.error().message());
+    resume_parent();
+  };
   auto state = vm_->CaptureState();
   if (!state.ok()) {
-    resume_parent();
+    resume_all();
     return std::move(state).error().WithContext("capturing the VM state");
   }
+  std::vector<std::string> child_ids;
+  for (uint32_t i = 0; i < request.count; ++i) {
+    std::string id;
+    do {
+      id = runtime_->NewId();
+    } while (std::find(child_ids.begin(), child_ids.end(), id) != child_ids.end());
+    child_ids.push_back(id);
+  }
+  auto branch = vm_->BranchDisks(record_.id, fork_generation_ + 1, child_ids);
+  if (!branch.ok()) {
+    resume_all();
+    return std::move(branch).error();
+  }
+  ++fork_generation_;
 
   struct Pending {
     ForkedChild child;
     UniqueFd status;
+    size_t index;
+  };
+  // Overlays of children that never ran are of no use to anyone.
+  auto RemoveChildOverlays = [](const DiskBranch& disks, size_t index) {
+    for (const DiskBranch::Entry& entry : disks.entries) unlink(entry.child_overlays[index].c_str());
   };
   std::vector<Pending> pending;
   std::vector<std::string> failures;
@@ -326,7 +357,9 @@ Result<std::vector<ForkedChild>> VmProcess::Fork(const ForkRequest& request) {
     ChildPlan plan;
     plan.paused = request.paused || !was_running;
     plan.serial_log = request.serial_log;
-    plan.record.id = runtime_->NewId();
+    plan.disks = vm_->ChildDisks(*branch, i);
+    plan.record.id = child_ids[i];
+    for (const DiskConfig& disk : plan.disks) plan.record.disks.push_back(disk.path);
     if (!request.name.empty()) {
       plan.record.name = request.count == 1 ? request.name : fmt::format("{}-{}", request.name, i + 1);
     }
@@ -360,9 +393,17 @@ Result<std::vector<ForkedChild>> VmProcess::Fork(const ForkRequest& request) {
       runtime_->RemoveVm(plan.record.id);
       break;
     }
-    pending.push_back({{plan.record.id, plan.record.name, pid}, std::move(read_end)});
+    pending.push_back({{plan.record.id, plan.record.name, pid}, std::move(read_end), i});
   }
-  resume_parent();
+  for (size_t i = pending.size(); i < request.count; ++i) RemoveChildOverlays(*branch, i);
+  // The children have their copies; this VM moves to its own new overlays.
+  Status adopted = vm_->AdoptBranch(*branch);
+  if (!adopted.ok()) LOG_ERROR("fork: switching to the new disk overlays: {}", adopted.error().message());
+  record_.disks.clear();
+  for (const DiskConfig& disk : vm_->disks()) record_.disks.push_back(disk.path);
+  Status recorded = runtime_->WriteRecord(record_);
+  if (!recorded.ok()) LOG_WARNING("fork: {}", recorded.error().message());
+  resume_all();
   auto resumed_at = std::chrono::steady_clock::now();
 
   std::vector<ForkedChild> children;
@@ -377,6 +418,7 @@ Result<std::vector<ForkedChild>> VmProcess::Fork(const ForkRequest& request) {
     failures.push_back(fmt::format("child {}: {}", entry.child.id, reason));
     kill(entry.child.pid, SIGKILL);
     runtime_->RemoveVm(entry.child.id);
+    RemoveChildOverlays(*branch, entry.index);
   }
   auto done = std::chrono::steady_clock::now();
   using std::chrono::duration;
@@ -415,6 +457,7 @@ void VmProcess::RunChild(const ChildPlan& plan, const snapshot::VmState& state) 
     _exit(1);
   };
   VmProcessOptions options = options_;
+  options.config.disks = plan.disks;
   options.name = plan.record.name;
   options.foreground_console = false;
   options.print_stats = false;

@@ -94,6 +94,7 @@ class VmProcess {
     int status_fd = -1;
     bool paused = false;
     std::string serial_log;
+    std::vector<DiskConfig> disks;
   };
   [[noreturn]] void RunChild(const ChildPlan& plan, const snapshot::VmState& state);
 
@@ -108,6 +109,8 @@ class VmProcess {
   std::optional<RawTerminal> raw_terminal_;
   ConsoleEscape escape_;
   bool stdin_attached_ = false;
+  // Forks of this VM so far; names the parent's new disk overlays.
+  uint32_t fork_generation_ = 0;
 };
 
 }  // namespace forkvmm
