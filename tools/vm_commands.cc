@@ -283,6 +283,33 @@ int RunConsole(const Target& target) {
   return 0;
 }
 
+// --- qmp ---
+
+int RunQmp(const Target& target, const std::string& command, const std::string& arguments) {
+  json parsed = arguments.empty() ? json::object() : json::parse(arguments, nullptr, false);
+  if (parsed.is_discarded() || !parsed.is_object()) {
+    Fail("qmp", fmt::format("invalid arguments '{}': expected a JSON object", arguments));
+    return 1;
+  }
+  auto located = Locate(target);
+  if (!located.ok()) {
+    Fail("qmp", located.error().message());
+    return 1;
+  }
+  auto client = Connect(*located);
+  if (!client.ok()) {
+    Fail("qmp", client.error().message());
+    return 1;
+  }
+  auto reply = client->Execute(command, parsed);
+  if (!reply.ok()) {
+    Fail("qmp", fmt::format("VM {}: {}", located->record.id, reply.error().message()));
+    return 1;
+  }
+  std::printf("%s\n", reply->dump(2).c_str());
+  return 0;
+}
+
 // --- logs ---
 
 int RunLogs(const Target& target, bool follow) {
@@ -353,6 +380,19 @@ std::vector<Command> AddVmCommands(CLI::App& parent) {
   AddTargetOptions(console, *console_target);
   console->footer("Ctrl-] detaches; the VM keeps running.");
   commands.push_back({console, [console_target] { return RunConsole(*console_target); }});
+
+  auto qmp_target = std::make_shared<Target>();
+  auto qmp_command = std::make_shared<std::string>();
+  auto qmp_arguments = std::make_shared<std::string>();
+  CLI::App* qmp = parent.add_subcommand("qmp", "Send one control command to a VM and print the reply");
+  AddTargetOptions(qmp, *qmp_target);
+  qmp->add_option("command", *qmp_command,
+                  "query-status, stop, cont, quit, fork, query-forkvmm, query-cpus-fast")
+      ->required();
+  qmp->add_option("arguments", *qmp_arguments, "The command's arguments as a JSON object");
+  commands.push_back({qmp, [qmp_target, qmp_command, qmp_arguments] {
+                        return RunQmp(*qmp_target, *qmp_command, *qmp_arguments);
+                      }});
 
   auto logs_target = std::make_shared<Target>();
   auto follow = std::make_shared<bool>(false);

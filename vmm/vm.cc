@@ -134,8 +134,12 @@ Result<std::unique_ptr<Vm>> Vm::Restore(const VmConfig& config, const HostProfil
     vm->vcpus_.push_back(std::move(vcpu));
   }
   // The clock last: KVM_SET_CLOCK makes kvmclock continue from the captured
-  // value, so the guest sees no time pass while it was paused.
-  TRY_CTX(vm->kvm_vm_.SetClock(state.clock), "restoring kvmclock");
+  // value, so the guest sees no time pass between capture and restore. A
+  // child that starts paused sets it again when resumed.
+  kvm_clock_data clock{};
+  clock.clock = state.clock.clock;
+  TRY_CTX(vm->kvm_vm_.SetClock(clock), "restoring kvmclock");
+  vm->paused_clock_ = clock.clock;
   TRY(vm->CreateDevices(std::move(console)));
   vm->serial_->Restore(state.serial);
   TRY(vm->CreateDisks());
@@ -171,6 +175,18 @@ Result<snapshot::VmState> Vm::CaptureState() const {
     state.disks.push_back(*disk.quiesced_state);
   }
   return state;
+}
+
+Result<std::vector<Vm::VcpuPosition>> Vm::QueryVcpus() const {
+  std::vector<VcpuPosition> positions;
+  for (const kvm::KvmVcpu& vcpu : vcpus_) {
+    ASSIGN_OR_RETURN(kvm_regs regs, vcpu.GetRegs());
+    ASSIGN_OR_RETURN(kvm_sregs sregs, vcpu.GetSregs());
+    ASSIGN_OR_RETURN(kvm_mp_state mp_state, vcpu.GetMpState());
+    positions.push_back({regs.rip, static_cast<uint32_t>(sregs.cs.selector & 3), mp_state.mp_state,
+                         (regs.rflags & (1u << 9)) != 0});
+  }
+  return positions;
 }
 
 Status Vm::CreateDisks() {
@@ -399,7 +415,11 @@ Status Vm::CreateDevices(std::shared_ptr<devices::ByteSink> console) {
 
 void Vm::Start(bool paused) {
   VcpuThread::InstallKickSignalHandler();
-  if (paused) control_->PauseBeforeStart();
+  if (paused) {
+    control_->PauseBeforeStart();
+  } else {
+    ThawClock();  // a restored VM continues from its captured clock
+  }
   threads_.reserve(vcpus_.size());
   for (auto& vcpu : vcpus_) {
     threads_.push_back(std::make_unique<VcpuThread>(vcpu, pio_bus_, mmio_bus_, *control_));
@@ -407,17 +427,44 @@ void Vm::Start(bool paused) {
   for (auto& thread : threads_) thread->Start();
   if (paused && !control_->Pause()) return;  // waits until all vCPUs parked
   state_ = paused ? VmState::kPaused : VmState::kRunning;
+  if (paused && !paused_clock_) FreezeClock();
 }
 
 bool Vm::Pause() {
   if (!control_->Pause()) return false;
   state_ = VmState::kPaused;
+  FreezeClock();
   return true;
 }
 
 void Vm::Resume() {
+  ThawClock();
   control_->Resume();
   state_ = VmState::kRunning;
+}
+
+void Vm::FreezeClock() {
+  auto clock = kvm_vm_.GetClock();
+  if (clock.ok()) {
+    paused_clock_ = clock->clock;
+  } else {
+    LOG_WARNING("pausing: {}", clock.error().message());
+  }
+  // Tell a kvmclock guest it was stopped, so its watchdogs do not count the
+  // pause as a lockup; EINVAL before the guest enables kvmclock is expected.
+  for (kvm::KvmVcpu& vcpu : vcpus_) {
+    Status notified = vcpu.NotifyPaused();
+    (void)notified;
+  }
+}
+
+void Vm::ThawClock() {
+  if (!paused_clock_) return;
+  kvm_clock_data clock{};
+  clock.clock = *paused_clock_;
+  paused_clock_.reset();
+  Status restored = kvm_vm_.SetClock(clock);
+  if (!restored.ok()) LOG_WARNING("resuming: {}", restored.error().message());
 }
 
 VmExit Vm::WaitForStop() {

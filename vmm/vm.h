@@ -90,6 +90,16 @@ class Vm {
   // must be paused.
   Result<snapshot::VmState> CaptureState() const;
 
+  // Where each vCPU is: instruction pointer, privilege level and MP state.
+  // The VM must be paused.
+  struct VcpuPosition {
+    uint64_t rip = 0;
+    uint32_t cpl = 0;
+    uint32_t mp_state = 0;
+    bool interrupts_enabled = false;
+  };
+  Result<std::vector<VcpuPosition>> QueryVcpus() const;
+
   // --- fork support for disks; all of these need the VM paused ---
 
   // Stops every disk's request processing after completing what is in
@@ -116,7 +126,10 @@ class Vm {
   // Starts the vCPU threads; with `paused` they park at once (state
   // kPaused) until Resume().
   void Start(bool paused = false);
-  // Returns false if the VM stopped before every vCPU parked.
+  // Parks every vCPU. Guest time stands still while the VM is paused, as
+  // with QEMU's stop and cont: kvmclock is read here and set back to the
+  // same value by Resume(). Returns false if the VM stopped before every
+  // vCPU parked.
   bool Pause();
   void Resume();
   void RequestStop(VmExit exit) { control_->Stop(std::move(exit)); }
@@ -144,6 +157,8 @@ class Vm {
   Status LoadGuest(const HostProfile& host);
   Status CreateDevices(std::shared_ptr<devices::ByteSink> console);
   Status CreateDisks();
+  void FreezeClock();
+  void ThawClock();
 
   VmConfig config_;
   kvm::KvmSystem system_;
@@ -166,6 +181,8 @@ class Vm {
   std::shared_ptr<devices::virtio::IoeventfdRegistrar> ioeventfds_;
   std::vector<Disk> disks_;
   VmState state_ = VmState::kCreated;
+  // kvmclock at the moment of the pause, restored on resume.
+  std::optional<uint64_t> paused_clock_;
 };
 
 }  // namespace forkvmm

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
+#include <linux/kvm.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -271,6 +272,29 @@ CommandReply VmProcess::HandleCommand(const std::string& command, const json& ar
     return CommandReply::Success(info);
   }
   if (command == "fork") return HandleFork(arguments);
+  if (command == "query-cpus-fast") {
+    bool was_running = vm_->state() == VmState::kRunning;
+    if (was_running && !vm_->Pause()) return CommandReply::Failure("the VM stopped");
+    auto positions = vm_->QueryVcpus();
+    std::vector<VcpuStats> stats = vm_->vcpu_stats();
+    if (was_running) vm_->Resume();
+    if (!positions.ok()) return CommandReply::Failure(positions.error().message());
+    json list = json::array();
+    for (size_t i = 0; i < positions->size(); ++i) {
+      const Vm::VcpuPosition& position = (*positions)[i];
+      json entry = {{"cpu-index", i},
+                    {"rip", fmt::format("{:#x}", position.rip)},
+                    {"cpl", position.cpl},
+                    {"mp-state", position.mp_state},
+                    {"interrupts-enabled", position.interrupts_enabled}};
+      if (i < stats.size()) {
+        entry["guest-seconds"] = static_cast<double>(stats[i].guest_nanoseconds) / 1e9;
+        entry["exits"] = stats[i].exits_by_reason[KVM_EXIT_IO] + stats[i].exits_by_reason[KVM_EXIT_MMIO];
+      }
+      list.push_back(entry);
+    }
+    return CommandReply::Success(list);
+  }
   return CommandReply::Failure(fmt::format("the command {} has not been found", command),
                                "CommandNotFound");
 }
