@@ -36,6 +36,7 @@ struct RunArguments {
   bool no_hugepages = false;
   bool stats = false;
   bool no_stdin = false;
+  bool no_initrd = false;
   bool detach = false;
   bool paused = false;
   std::string name;
@@ -98,7 +99,7 @@ Status ApplyGuestDefaults(RunArguments& args) {
                              directory));
   }
   args.kernel = directory + "/vmlinux";
-  if (args.initrd.empty()) args.initrd = directory + "/initramfs.cpio";
+  if (args.initrd.empty() && !args.no_initrd) args.initrd = directory + "/initramfs.cpio";
   if (!args.command_line_given) {
     std::string recommended = ReadTrimmedFile(directory + "/cmdline");
     args.command_line = recommended.empty() ? kDefaultCommandLine : recommended;
@@ -237,6 +238,8 @@ Command AddRunCommand(CLI::App& parent) {
       ->check(CLI::ExistingFile);
   app->add_option("--initrd", args->initrd, "Initial RAM disk (cpio, optionally compressed)")
       ->check(CLI::ExistingFile);
+  app->add_flag("--no-initrd", args->no_initrd,
+                "Boot without an initial RAM disk (for a root filesystem on --disk)");
   app->add_option_function<std::string>(
       "--cmdline",
       [args](const std::string& value) {
