@@ -22,8 +22,26 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    // One line naming the command, like every other forkvmm error, and the
+    // usual exit status for a usage error.
+    std::string command = "forkvmm";
+    for (CLI::App* sub = &app; sub != nullptr;) {
+      CLI::App* next = nullptr;
+      for (CLI::App* candidate : sub->get_subcommands()) {
+        if (candidate->parsed()) next = candidate;
+      }
+      if (next != nullptr) command += " " + next->get_name();
+      sub = next;
+    }
+    std::fprintf(stderr, "%s: %s (see %s --help)\n", command.c_str(), e.what(), command.c_str());
+    return 2;
   }
   if (verbose) forkvmm::SetLogLevel(forkvmm::LogLevel::kDebug);
   for (auto& command : commands) {

@@ -1,5 +1,6 @@
 // `forkvmm run`: boot a guest in the foreground.
 #include <fcntl.h>
+#include <sys/sysinfo.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,6 +16,7 @@
 #include "tools/command.h"
 #include "tools/guest_paths.h"
 #include "vmm/base/log.h"
+#include "memory/layout.h"
 #include "vmm/base/units.h"
 #include "vmm/console.h"
 #include "vmm/host.h"
@@ -47,6 +49,29 @@ struct RunArguments {
 constexpr const char* kDefaultCommandLine = "console=ttyS0 reboot=k panic=-1";
 
 void Fail(const std::string& message) { std::fprintf(stderr, "forkvmm run: %s\n", message.c_str()); }
+
+// Parses --mem: a size that the host can back and the VM layout supports.
+Result<uint64_t> ParseMemory(const std::string& text) {
+  auto bytes = ParseSize(text, uint64_t{1} << 20);
+  if (!bytes.ok()) return Error(fmt::format("--mem {}: {}", text, bytes.error().message()));
+  if (*bytes < memory::kMinRamBytes || *bytes > memory::kMaxRamBytes) {
+    return Error(fmt::format("--mem {}: invalid guest RAM size: expected {} MiB to {} GiB", text,
+                             memory::kMinRamBytes >> 20, memory::kMaxRamBytes >> 30));
+  }
+  // Guest RAM is reserved lazily, but a guest larger than the host's memory
+  // is killed by the OOM killer once it uses it.
+  struct sysinfo info {};
+  if (sysinfo(&info) == 0) {
+    uint64_t host = (uint64_t{info.totalram} + info.totalswap) * info.mem_unit;
+    if (*bytes > host) {
+      return Error(fmt::format("--mem {}: invalid guest RAM size: larger than this host's {} MiB "
+                               "of RAM and swap",
+                               text,
+                               host >> 20));
+    }
+  }
+  return *bytes;
+}
 
 // Parses --disk PATH[,ro][,format=qcow2|raw].
 Result<DiskConfig> ParseDisk(const std::string& spec) {
@@ -146,9 +171,9 @@ int Run(RunArguments& args) {
     Fail(defaults.error().message());
     return 1;
   }
-  auto memory = ParseSize(args.memory, uint64_t{1} << 20);
+  auto memory = ParseMemory(args.memory);
   if (!memory.ok()) {
-    Fail(fmt::format("--mem: {}", memory.error().message()));
+    Fail(memory.error().message());
     return 1;
   }
   VmProcessOptions options;
@@ -198,8 +223,8 @@ int Run(RunArguments& args) {
     options.ready_fd = pipe_fds[1];
   }
 
-  LOG_INFO("{}", options.host.Describe());
   int ready_fd = options.ready_fd;
+  std::string host_description = options.host.Describe();
   auto process = VmProcess::Boot(std::move(options));
   if (!process.ok()) {
     if (ready_fd >= 0) {
@@ -210,6 +235,8 @@ int Run(RunArguments& args) {
     Fail(process.error().message());
     return 1;
   }
+  // Logged once the VM exists, so a refused configuration prints one line.
+  LOG_INFO("{}", host_description);
   const VmRecord& record = (*process)->record();
   if (args.detach) {
     auto runtime = RuntimeDirectory::Open(args.runtime_dir);
