@@ -18,7 +18,9 @@ struct ProcessResult {
 // test instead of stalling the machine.
 struct ProcessLimits {
   uint64_t cpu_seconds = 120;
-  uint64_t address_space_bytes = 0;  // 0: unlimited
+  // 0: unlimited. Not applied in AddressSanitizer builds, which need the
+  // address space for shadow memory.
+  uint64_t address_space_bytes = 0;
 };
 
 // Runs `argv` with stdout and stderr captured. argv[0] is looked up in PATH.
