@@ -244,62 +244,66 @@ Status Vm::ResumeDisks() {
   return result;
 }
 
-Result<DiskBranch> Vm::BranchDisks(const std::string& own_id, uint32_t generation,
-                                   const std::vector<std::string>& child_ids) {
+Result<DiskBranch> Vm::PrepareBranch(const std::string& own_id, uint32_t generation,
+                                     const std::vector<std::string>& child_ids) const {
   DiskBranch branch;
-  std::vector<std::string> created;
-  auto remove_created = [&created] {
-    for (const std::string& path : created) unlink(path.c_str());
-  };
-  // First every overlay, while the top layers are still writable, so a
-  // failure leaves nothing changed.
   for (size_t i = 0; i < config_.disks.size(); ++i) {
     const DiskConfig& disk = config_.disks[i];
     if (disk.read_only) continue;
     DiskBranch::Entry entry;
     entry.disk = i;
-    std::string backing_name = std::filesystem::path(disk.path).filename().string();
-    std::vector<std::string> paths;
-    paths.push_back(OverlayPath(disk.path, disk.overlay_stem, fmt::format("{}-{}", own_id, generation)));
+    entry.parent_overlay =
+        OverlayPath(disk.path, disk.overlay_stem, fmt::format("{}-{}", own_id, generation));
     for (const std::string& child : child_ids) {
-      paths.push_back(OverlayPath(disk.path, disk.overlay_stem, child));
+      entry.child_overlays.push_back(OverlayPath(disk.path, disk.overlay_stem, child));
     }
-    for (const std::string& path : paths) {
-      // The overlay sits next to its backing file, so the recorded name
-      // is the file name alone and the pair can move together.
-      Status status = block::CreateOverlay(path, backing_name, disk.format);
+    // The overlay sits next to its backing file, so the recorded name is
+    // the file name alone and the pair can move together.
+    std::string backing_name = std::filesystem::path(disk.path).filename().string();
+    std::vector<std::string> paths = entry.child_overlays;
+    paths.insert(paths.begin(), entry.parent_overlay);
+    for (size_t k = 0; k < paths.size(); ++k) {
+      Status status = block::CreateOverlay(paths[k], backing_name, disk.format);
       if (!status.ok()) {
-        remove_created();
+        for (size_t j = 0; j < k; ++j) unlink(paths[j].c_str());
+        DiscardBranch(branch);
         return std::move(status).error().WithContext(
             fmt::format("creating a fork overlay of disk {}", disk.path));
       }
-      created.push_back(path);
     }
-    entry.parent_overlay = paths.front();
-    entry.child_overlays.assign(paths.begin() + 1, paths.end());
     branch.entries.push_back(std::move(entry));
   }
-  // Then freeze: nothing may write a layer that has children.
+  return branch;
+}
+
+void Vm::DiscardBranch(const DiskBranch& branch) {
+  for (const DiskBranch::Entry& entry : branch.entries) {
+    unlink(entry.parent_overlay.c_str());
+    for (const std::string& path : entry.child_overlays) unlink(path.c_str());
+  }
+}
+
+Status Vm::FreezeBranch(const DiskBranch& branch) {
   for (size_t k = 0; k < branch.entries.size(); ++k) {
     const DiskBranch::Entry& entry = branch.entries[k];
     block::BlockBackend* top = disks_[entry.disk].device->backend();
-    Status frozen = top != nullptr ? top->ReopenReadOnly()
-                                   : Status(Error("the disk has no backend"));
-    if (!frozen.ok()) {
-      // The layers frozen so far carry on under this VM's new overlays.
-      DiskBranch done;
-      done.entries.assign(branch.entries.begin(), branch.entries.begin() + static_cast<long>(k));
-      Status adopted = AdoptBranch(done);
-      (void)adopted;
-      for (size_t j = k; j < branch.entries.size(); ++j) unlink(branch.entries[j].parent_overlay.c_str());
-      for (const auto& e : branch.entries) {
-        for (const std::string& path : e.child_overlays) unlink(path.c_str());
-      }
-      return std::move(frozen).error().WithContext(
-          fmt::format("freezing disk {}", config_.disks[entry.disk].path));
+    Status frozen =
+        top != nullptr ? top->ReopenReadOnly() : Status(Error("the disk has no backend"));
+    if (frozen.ok()) continue;
+    DiskBranch done;
+    done.entries.assign(branch.entries.begin(), branch.entries.begin() + static_cast<long>(k));
+    Status adopted = AdoptBranch(done);
+    if (!adopted.ok()) LOG_ERROR("fork: {}", adopted.error().message());
+    for (size_t j = k; j < branch.entries.size(); ++j) {
+      unlink(branch.entries[j].parent_overlay.c_str());
     }
+    for (const DiskBranch::Entry& e : branch.entries) {
+      for (const std::string& path : e.child_overlays) unlink(path.c_str());
+    }
+    return std::move(frozen).error().WithContext(
+        fmt::format("freezing disk {}", config_.disks[entry.disk].path));
   }
-  return branch;
+  return Ok();
 }
 
 Status Vm::AdoptBranch(const DiskBranch& branch) {

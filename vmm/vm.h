@@ -106,11 +106,18 @@ class Vm {
   // flight. CaptureState() then includes the disks.
   Status QuiesceDisks();
   Status ResumeDisks();
-  // Creates the overlays for a fork into children `child_ids`, then freezes
-  // each writable disk's top layer (read-only from now on). On failure no
-  // overlay remains and every disk is as before.
-  Result<DiskBranch> BranchDisks(const std::string& own_id, uint32_t generation,
-                                 const std::vector<std::string>& child_ids);
+  // Creates the overlays for a fork into children `child_ids` on each
+  // writable disk's top layer, without touching the layer. Runs before the
+  // pause; on failure no overlay remains.
+  Result<DiskBranch> PrepareBranch(const std::string& own_id, uint32_t generation,
+                                   const std::vector<std::string>& child_ids) const;
+  // Removes the overlays of a prepared branch that will not be used.
+  static void DiscardBranch(const DiskBranch& branch);
+  // Freezes each branched disk's top layer (read-only from now on: nothing
+  // may write a layer that has children). Needs the disks quiesced. On
+  // failure the overlays are removed and layers frozen so far carry on
+  // under this VM's new overlays.
+  Status FreezeBranch(const DiskBranch& branch);
   // Moves this VM onto its own new overlays after the children were forked.
   Status AdoptBranch(const DiskBranch& branch);
   // The disk configuration of child `index` of `branch`.

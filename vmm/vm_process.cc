@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <algorithm>
 #include <set>
+#include <sstream>
 
 #include <fmt/core.h>
 
@@ -87,6 +88,14 @@ void WriteLine(int fd, const std::string& line) {
   std::string text = line + "\n";
   ssize_t unused = write(fd, text.data(), text.size());
   (void)unused;
+}
+
+// Removes child `index`'s overlays: they are of no use to anyone once the
+// child failed to start.
+void RemoveChildOverlays(const DiskBranch& branch, size_t index) {
+  for (const DiskBranch::Entry& entry : branch.entries) {
+    unlink(entry.child_overlays[index].c_str());
+  }
 }
 
 // Reads one line from a child's status pipe, waiting until `deadline`.
@@ -213,7 +222,7 @@ void VmProcess::ReportReady(const std::string& line) {
 
 VmExit VmProcess::Run(bool start_paused) {
   vm_->Start(start_paused);
-  ReportReady("ok " + record_.id);
+  ReportReady("ok " + record_.id + (ready_details_.empty() ? "" : " " + ready_details_));
   LOG_DEBUG("VM {} running (pid {})", record_.id, getpid());
   Status loop_status = loop_->Run();
   if (!loop_status.ok()) {
@@ -318,74 +327,53 @@ CommandReply VmProcess::HandleFork(const json& arguments) {
   if (!children.ok()) return CommandReply::Failure(children.error().message());
   json list = json::array();
   for (const ForkedChild& child : *children) {
-    list.push_back({{"id", child.id}, {"name", child.name}, {"pid", child.pid}});
+    json entry = {{"id", child.id},
+                  {"name", child.name},
+                  {"pid", child.pid},
+                  {"ready_ms", child.ready_ms}};
+    // The child's phases, measured from its birth: "name_ms=value ...".
+    std::istringstream details(child.details);
+    std::string field;
+    while (details >> field) {
+      size_t equals = field.find('=');
+      if (equals == std::string::npos) continue;
+      entry["child_" + field.substr(0, equals)] = std::atof(field.c_str() + equals + 1);
+    }
+    list.push_back(entry);
   }
-  return CommandReply::Success({{"children", list}});
+  return CommandReply::Success(
+      {{"children", list},
+       {"timing",
+        {{"prepare_ms", last_fork_timing_.prepare_ms},
+         {"pause_ms", last_fork_timing_.pause_ms},
+         {"capture_ms", last_fork_timing_.capture_ms},
+         {"fork_ms", last_fork_timing_.fork_ms},
+         {"parent_held_ms", last_fork_timing_.parent_held_ms},
+         {"all_ready_ms", last_fork_timing_.all_ready_ms}}}});
 }
 
-Result<std::vector<ForkedChild>> VmProcess::Fork(const ForkRequest& request) {
-  if (request.count < 1 || request.count > kMaxForkCount) {
-    return Error(fmt::format("invalid fork count {}: expected 1 to {}", request.count,
-                             kMaxForkCount));
-  }
-  auto start = std::chrono::steady_clock::now();
-  bool was_running = vm_->state() == VmState::kRunning;
-  if (was_running && !vm_->Pause()) return Error("the VM stopped before it could be paused");
-  auto paused_at = std::chrono::steady_clock::now();
-  auto resume_parent = [&] {
-    if (was_running) vm_->Resume();
+Result<std::vector<VmProcess::ChildPlan>> VmProcess::PrepareChildren(
+    const ForkRequest& request, const DiskBranch& branch,
+    const std::vector<std::string>& child_ids, bool start_paused) {
+  std::vector<ChildPlan> plans;
+  auto undo = [&] {
+    for (ChildPlan& plan : plans) {
+      runtime_->RemoveVm(plan.record.id);
+      close(plan.status_fd);
+      close(plan.status_read_fd);
+    }
   };
-
-  Status quiesced = vm_->QuiesceDisks();
-  if (!quiesced.ok()) {
-    resume_parent();
-    return std::move(quiesced).error();
-  }
-  auto resume_all = [&] {
-    Status resumed = vm_->ResumeDisks();
-    if (!resumed.ok()) LOG_ERROR("fork: {}", resumed.error().message());
-    resume_parent();
-  };
-  auto state = vm_->CaptureState();
-  if (!state.ok()) {
-    resume_all();
-    return std::move(state).error().WithContext("capturing the VM state");
-  }
-  std::vector<std::string> child_ids;
-  for (uint32_t i = 0; i < request.count; ++i) {
-    std::string id;
-    do {
-      id = runtime_->NewId();
-    } while (std::find(child_ids.begin(), child_ids.end(), id) != child_ids.end());
-    child_ids.push_back(id);
-  }
-  auto branch = vm_->BranchDisks(record_.id, fork_generation_ + 1, child_ids);
-  if (!branch.ok()) {
-    resume_all();
-    return std::move(branch).error();
-  }
-  ++fork_generation_;
-
-  struct Pending {
-    ForkedChild child;
-    UniqueFd status;
-    size_t index;
-  };
-  // Overlays of children that never ran are of no use to anyone.
-  auto RemoveChildOverlays = [](const DiskBranch& disks, size_t index) {
-    for (const DiskBranch::Entry& entry : disks.entries) unlink(entry.child_overlays[index].c_str());
-  };
-  std::vector<Pending> pending;
-  std::vector<std::string> failures;
   for (uint32_t i = 0; i < request.count; ++i) {
     ChildPlan plan;
-    plan.paused = request.paused || !was_running;
+    plan.index = i;
+    plan.paused = start_paused;
     plan.serial_log = request.serial_log;
-    plan.disks = vm_->ChildDisks(*branch, i);
+    plan.disks = vm_->ChildDisks(branch, i);
     plan.record.id = child_ids[i];
     for (const DiskConfig& disk : plan.disks) plan.record.disks.push_back(disk.path);
     if (!request.name.empty()) {
-      plan.record.name = request.count == 1 ? request.name : fmt::format("{}-{}", request.name, i + 1);
+      plan.record.name =
+          request.count == 1 ? request.name : fmt::format("{}-{}", request.name, i + 1);
     }
     plan.record.parent_id = record_.id;
     // The parent's pid until the child writes its own, so `ls` does not
@@ -396,62 +384,143 @@ Result<std::vector<ForkedChild>> VmProcess::Fork(const ForkRequest& request) {
     plan.record.created_unix_ms = NowUnixMilliseconds();
     Status created = runtime_->CreateVm(plan.record);
     if (!created.ok()) {
-      failures.push_back(created.error().message());
-      break;
+      undo();
+      return std::move(created).error();
     }
     int pipe_fds[2];
     if (pipe2(pipe_fds, O_CLOEXEC) != 0) {
-      failures.push_back(Error::FromErrno("pipe2").message());
+      Error error = Error::FromErrno("pipe2");
       runtime_->RemoveVm(plan.record.id);
-      break;
+      undo();
+      return error;
     }
-    UniqueFd read_end(pipe_fds[0]);
+    plan.status_read_fd = pipe_fds[0];
     plan.status_fd = pipe_fds[1];
+    plans.push_back(std::move(plan));
+  }
+  return plans;
+}
+
+Result<std::vector<ForkedChild>> VmProcess::Fork(const ForkRequest& request) {
+  if (request.count < 1 || request.count > kMaxForkCount) {
+    return Error(fmt::format("invalid fork count {}: expected 1 to {}", request.count,
+                             kMaxForkCount));
+  }
+  using Clock = std::chrono::steady_clock;
+  auto milliseconds = [](Clock::time_point from, Clock::time_point to) {
+    return std::chrono::duration<double, std::milli>(to - from).count();
+  };
+  Clock::time_point start = Clock::now();
+
+  // Phase 1, with the VM still running: ids, disk overlays, runtime
+  // entries and status pipes, so the pause covers only what needs it.
+  std::vector<std::string> child_ids;
+  while (child_ids.size() < request.count) {
+    std::string id = runtime_->NewId();
+    if (std::find(child_ids.begin(), child_ids.end(), id) == child_ids.end()) {
+      child_ids.push_back(id);
+    }
+  }
+  ASSIGN_OR_RETURN(DiskBranch branch,
+                   vm_->PrepareBranch(record_.id, fork_generation_ + 1, child_ids));
+  bool was_running = vm_->state() == VmState::kRunning;
+  auto plans = PrepareChildren(request, branch, child_ids, request.paused || !was_running);
+  if (!plans.ok()) {
+    Vm::DiscardBranch(branch);
+    return std::move(plans).error();
+  }
+  auto abandon_plans = [&] {
+    for (ChildPlan& plan : *plans) {
+      runtime_->RemoveVm(plan.record.id);
+      close(plan.status_fd);
+      close(plan.status_read_fd);
+    }
+  };
+  Clock::time_point prepared = Clock::now();
+
+  // Phase 2, paused: park the vCPUs, complete in-flight disk requests,
+  // capture the state and freeze the disks' top layers.
+  if (was_running && !vm_->Pause()) {
+    abandon_plans();
+    Vm::DiscardBranch(branch);
+    return Error("the VM stopped before it could be paused");
+  }
+  Clock::time_point paused_at = Clock::now();
+  auto resume = [&] {
+    Status resumed = vm_->ResumeDisks();
+    if (!resumed.ok()) LOG_ERROR("fork: {}", resumed.error().message());
+    if (was_running) vm_->Resume();
+  };
+  Status quiesced = vm_->QuiesceDisks();
+  auto state = quiesced.ok() ? vm_->CaptureState() : Result<snapshot::VmState>(quiesced.error());
+  Status frozen = state.ok() ? vm_->FreezeBranch(branch) : Status(state.error());
+  if (!frozen.ok()) {
+    if (state.ok()) {
+      // FreezeBranch removed the overlays and moved any frozen layer on.
+    } else {
+      Vm::DiscardBranch(branch);
+    }
+    resume();
+    abandon_plans();
+    return std::move(frozen).error().WithContext("fork");
+  }
+  ++fork_generation_;
+  Clock::time_point captured = Clock::now();
+
+  // Phase 3: the fork() calls. Each child continues in RunChild().
+  std::vector<Pending> pending;
+  std::vector<std::string> failures;
+  for (ChildPlan& plan : *plans) {
     // Nothing buffered may be written twice, once by each process.
     std::fflush(nullptr);
     pid_t pid = fork();
-    if (pid == 0) RunChild(plan, *state);
-    close(plan.status_fd);
+    if (pid == 0) {
+      close(plan.status_read_fd);
+      RunChild(plan, *state);
+    }
     if (pid < 0) {
       failures.push_back(Error::FromErrno("fork").message());
-      runtime_->RemoveVm(plan.record.id);
       break;
     }
-    pending.push_back({{plan.record.id, plan.record.name, pid}, std::move(read_end), i});
+    close(plan.status_fd);
+    plan.forked = true;
+    pending.push_back({{plan.record.id, plan.record.name, pid, 0}, UniqueFd(plan.status_read_fd),
+                       plan.index});
   }
-  for (size_t i = pending.size(); i < request.count; ++i) RemoveChildOverlays(*branch, i);
+  Clock::time_point forked = Clock::now();
+
   // The children have their copies; this VM moves to its own new overlays.
-  Status adopted = vm_->AdoptBranch(*branch);
-  if (!adopted.ok()) LOG_ERROR("fork: switching to the new disk overlays: {}", adopted.error().message());
+  Status adopted = vm_->AdoptBranch(branch);
+  if (!adopted.ok()) {
+    LOG_ERROR("fork: switching to the new disk overlays: {}", adopted.error().message());
+  }
+  resume();
+  Clock::time_point resumed_at = Clock::now();
+
+  // Phase 4, running again: bookkeeping and the children's reports.
+  for (ChildPlan& plan : *plans) {
+    if (plan.forked) continue;
+    // fork() failed at or before this child: it never existed.
+    close(plan.status_fd);
+    close(plan.status_read_fd);
+    runtime_->RemoveVm(plan.record.id);
+    RemoveChildOverlays(branch, plan.index);
+  }
   record_.disks.clear();
   for (const DiskConfig& disk : vm_->disks()) record_.disks.push_back(disk.path);
   Status recorded = runtime_->WriteRecord(record_);
   if (!recorded.ok()) LOG_WARNING("fork: {}", recorded.error().message());
-  resume_all();
-  auto resumed_at = std::chrono::steady_clock::now();
+  std::vector<ForkedChild> children = CollectChildren(pending, branch, start, failures);
+  Clock::time_point done = Clock::now();
 
-  std::vector<ForkedChild> children;
-  auto deadline = std::chrono::steady_clock::now() + kChildReportTimeout;
-  for (Pending& entry : pending) {
-    std::string line = ReadStatusLine(entry.status.get(), deadline);
-    if (line == "ok") {
-      children.push_back(entry.child);
-      continue;
-    }
-    std::string reason = line.starts_with("error ") ? line.substr(6) : line;
-    failures.push_back(fmt::format("child {}: {}", entry.child.id, reason));
-    kill(entry.child.pid, SIGKILL);
-    runtime_->RemoveVm(entry.child.id);
-    RemoveChildOverlays(*branch, entry.index);
-  }
-  auto done = std::chrono::steady_clock::now();
-  using std::chrono::duration;
-  LOG_INFO("forked {} of {} children: paused {:.3f} ms, parent held {:.3f} ms, all reported in "
-           "{:.3f} ms",
-           children.size(), request.count,
-           duration<double, std::milli>(paused_at - start).count(),
-           duration<double, std::milli>(resumed_at - start).count(),
-           duration<double, std::milli>(done - start).count());
+  last_fork_timing_ = {milliseconds(start, prepared),  milliseconds(prepared, paused_at),
+                       milliseconds(paused_at, captured), milliseconds(captured, forked),
+                       milliseconds(prepared, resumed_at), milliseconds(start, done)};
+  LOG_INFO("forked {} of {} children: prepare {:.3f} ms, pause {:.3f} ms, capture {:.3f} ms, "
+           "fork {:.3f} ms, parent held {:.3f} ms, all running after {:.3f} ms",
+           children.size(), request.count, last_fork_timing_.prepare_ms,
+           last_fork_timing_.pause_ms, last_fork_timing_.capture_ms, last_fork_timing_.fork_ms,
+           last_fork_timing_.parent_held_ms, last_fork_timing_.all_ready_ms);
   for (const ForkedChild& child : children) {
     control_->Broadcast("FORK", {{"child_id", child.id}, {"child_pid", child.pid}});
   }
@@ -460,7 +529,40 @@ Result<std::vector<ForkedChild>> VmProcess::Fork(const ForkRequest& request) {
   return children;
 }
 
+std::vector<ForkedChild> VmProcess::CollectChildren(std::vector<Pending>& pending,
+                                                    const DiskBranch& branch,
+                                                    std::chrono::steady_clock::time_point start,
+                                                    std::vector<std::string>& failures) {
+  std::vector<ForkedChild> children;
+  auto deadline = std::chrono::steady_clock::now() + kChildReportTimeout;
+  for (Pending& entry : pending) {
+    std::string line = ReadStatusLine(entry.status.get(), deadline);
+    if (line.starts_with("ok")) {
+      entry.child.ready_ms = std::chrono::duration<double, std::milli>(
+                                 std::chrono::steady_clock::now() - start)
+                                 .count();
+      // "ok <id> key=value ...": the child's own timing, for benchmarks.
+      size_t details = line.find(' ', 3);
+      if (details != std::string::npos) entry.child.details = line.substr(details + 1);
+      children.push_back(entry.child);
+      continue;
+    }
+    std::string reason = line.starts_with("error ") ? line.substr(6) : line;
+    failures.push_back(fmt::format("child {}: {}", entry.child.id, reason));
+    // The pid is this process's own child, not yet reaped.
+    kill(entry.child.pid, SIGKILL);
+    runtime_->RemoveVm(entry.child.id);
+    RemoveChildOverlays(branch, entry.index);
+  }
+  return children;
+}
+
 void VmProcess::RunChild(const ChildPlan& plan, const snapshot::VmState& state) {
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point born = Clock::now();
+  auto since_born = [&born] {
+    return std::chrono::duration<double, std::milli>(Clock::now() - born).count();
+  };
   setsid();
   std::string directory = runtime_->VmDirectory(plan.record.id);
   int null_fd = open("/dev/null", O_RDONLY);
@@ -474,6 +576,7 @@ void VmProcess::RunChild(const ChildPlan& plan, const snapshot::VmState& state) 
   if (vm_->memory().backing_fd() >= 0) keep.insert(vm_->memory().backing_fd());
   CloseInheritedFds(keep);
   SetLogPrefix(fmt::format("forkvmm[{}]", getpid()));
+  double cleaned_ms = since_born();
 
   auto fail = [&plan](const Error& error) {
     LOG_ERROR("fork child: {}", error.message());
@@ -495,13 +598,18 @@ void VmProcess::RunChild(const ChildPlan& plan, const snapshot::VmState& state) 
                         vm_->TakeMemoryForChild(), state);
   if (!vm.ok()) fail(vm.error());
   child->vm_ = std::move(vm).value();
+  double restored_ms = since_born();
   VmRecord record = plan.record;
   record.pid = getpid();
   Status attached = child->Attach(*runtime_, record);
   if (!attached.ok()) fail(attached.error());
+  double attached_ms = since_born();
 
-  WriteLine(plan.status_fd, "ok");
-  close(plan.status_fd);
+  // Run() reports "ok" once the vCPU threads run (or are parked, when
+  // paused), so the parent's timing covers the whole start.
+  child->options_.ready_fd = plan.status_fd;
+  child->ready_details_ = fmt::format("closed_fds_ms={:.3f} restored_ms={:.3f} attached_ms={:.3f}",
+                                      cleaned_ms, restored_ms, attached_ms);
   VmExit exit = child->Run(plan.paused);
   LOG_INFO("VM {} stopped: {}", record.id, exit.message);
   std::fflush(nullptr);

@@ -18,6 +18,7 @@
 // there.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
@@ -60,6 +61,20 @@ struct ForkedChild {
   std::string id;
   std::string name;
   pid_t pid = 0;
+  // From the fork request until the child's vCPU threads ran.
+  double ready_ms = 0;
+  // The child's own phase timings, "name_ms=value ..." (may be empty).
+  std::string details;
+};
+
+// Where the time of one fork went.
+struct ForkTiming {
+  double prepare_ms = 0;      // ids, overlays, runtime entries, with the VM running
+  double pause_ms = 0;        // from the pause request until every vCPU was parked
+  double capture_ms = 0;      // disks quiesced, state captured, disk layers frozen
+  double fork_ms = 0;         // the fork() calls
+  double parent_held_ms = 0;  // from the pause request until this VM resumed
+  double all_ready_ms = 0;    // from the request until every child's vCPUs ran
 };
 
 class VmProcess {
@@ -90,12 +105,29 @@ class VmProcess {
   void ReportReady(const std::string& line);
 
   struct ChildPlan {
+    uint32_t index = 0;
     VmRecord record;
-    int status_fd = -1;
+    int status_fd = -1;       // write end, for the child
+    int status_read_fd = -1;  // read end, for this process
+    bool forked = false;
     bool paused = false;
     std::string serial_log;
     std::vector<DiskConfig> disks;
   };
+  struct Pending {
+    ForkedChild child;
+    UniqueFd status;
+    uint32_t index;
+  };
+  Result<std::vector<ChildPlan>> PrepareChildren(const ForkRequest& request,
+                                                 const DiskBranch& branch,
+                                                 const std::vector<std::string>& child_ids,
+                                                 bool start_paused);
+  // Waits for each forked child's report; kills and cleans up those that
+  // fail.
+  std::vector<ForkedChild> CollectChildren(std::vector<Pending>& pending, const DiskBranch& branch,
+                                           std::chrono::steady_clock::time_point start,
+                                           std::vector<std::string>& failures);
   [[noreturn]] void RunChild(const ChildPlan& plan, const snapshot::VmState& state);
 
   VmProcessOptions options_;
@@ -111,6 +143,9 @@ class VmProcess {
   bool stdin_attached_ = false;
   // Forks of this VM so far; names the parent's new disk overlays.
   uint32_t fork_generation_ = 0;
+  ForkTiming last_fork_timing_;
+  // Extra fields of the "ok" report of a fork child.
+  std::string ready_details_;
 };
 
 }  // namespace forkvmm
