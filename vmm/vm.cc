@@ -134,7 +134,7 @@ Result<std::unique_ptr<Vm>> Vm::Restore(const VmConfig& config, const HostProfil
     vm->vcpus_.push_back(std::move(vcpu));
   }
   // The clock last: KVM_SET_CLOCK makes kvmclock continue from the captured
-  // value, so the guest sees no time pass between capture and restore. A
+  // value, so no guest time passes between capture and restore. A
   // child that starts paused sets it again when resumed.
   kvm_clock_data clock{};
   clock.clock = state.clock.clock;

@@ -1,10 +1,10 @@
 // One virtual machine: KVM objects, guest RAM, vCPU threads and devices.
 //
 // Lifecycle: Create() builds everything and loads the guest (state
-// kCreated); Start() launches the vCPU threads (kRunning); Pause() parks them
-// at a safe point (kPaused) and Resume() lets them continue; a stop request
-// from the guest or the host ends the run, and WaitForStop() joins the
-// threads (kStopped).
+// kCreated), and Start() launches the vCPU threads (kRunning). Pause() parks
+// them at a safe point (kPaused) and Resume() lets them continue. A stop
+// request from the guest or the host ends the run, and WaitForStop() joins
+// the threads (kStopped).
 //
 // Thread safety: Start, Pause, Resume and WaitForStop are called from one
 // controlling thread; RequestStop from any thread.
@@ -90,8 +90,8 @@ class Vm {
   // must be paused.
   Result<snapshot::VmState> CaptureState() const;
 
-  // Where each vCPU is: instruction pointer, privilege level and MP state.
-  // The VM must be paused.
+  // The position of a vCPU: instruction pointer, privilege level and MP
+  // state. QueryVcpus() needs the VM paused.
   struct VcpuPosition {
     uint64_t rip = 0;
     uint32_t cpl = 0;
@@ -133,8 +133,8 @@ class Vm {
   // Starts the vCPU threads; with `paused` they park at once (state
   // kPaused) until Resume().
   void Start(bool paused = false);
-  // Parks every vCPU. Guest time stands still while the VM is paused, as
-  // with QEMU's stop and cont: kvmclock is read here and set back to the
+  // Parks every vCPU. Guest time does not advance while the VM is paused,
+  // as with QEMU's stop and cont: kvmclock is read here and set back to the
   // same value by Resume(). Returns false if the VM stopped before every
   // vCPU parked.
   bool Pause();

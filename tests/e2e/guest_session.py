@@ -90,10 +90,15 @@ class Session:
         raise AssertionError(f"VM {vm_id}: '{text}' did not appear within {timeout} s; "
                              f"last lines:\n{tail(self.serial_log(vm_id))}")
 
-    def close(self):
+    def close(self, keep=False):
+        """Kills the VMs this session started; keeps the work directory
+        (consoles, images) for inspection when `keep` is set."""
         for vm_id in reversed(self.started):
             self.run("kill", vm_id, "--timeout", "5", check=False)
-        shutil.rmtree(self.work, ignore_errors=True)
+        if keep:
+            print(f"kept the test's files in {self.work}", flush=True)
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
 
 
 def tail(text, lines=15):

@@ -72,6 +72,7 @@ def main():
         gs.skip("qemu-img not found (Debian package qemu-utils)")
     guest = gs.guest_directory()
     session = gs.Session(args.forkvmm)
+    passed = False
     try:
         probe = json.loads(session.run("probe", "--json").stdout)
         sequential = probe["virtualization"] != "hardware"
@@ -151,9 +152,10 @@ def main():
             return 1
         print("PASSED: parent and child each mounted their own overlay and reached init",
               flush=True)
+        passed = True
         return 0
     finally:
-        session.close()
+        session.close(keep=not passed)
 
 
 if __name__ == "__main__":
