@@ -76,12 +76,17 @@ std::optional<uint32_t> LinuxCapabilityWord(const CpuidFeature& feature) {
 // from the host, so hiding them in the CPUID table alone is not enough
 // (seen: XSAVE, POPCNT, AVX and RDRAND still set in leaf 1).
 std::string LinuxParametersHiding(const std::vector<CpuidFeature>& features) {
-  std::string numbers;
+  // X86_FEATURE_LFENCE_RDTSC (3*32+18 in Linux 6.1) is no CPUID bit: Linux
+  // derives it from the CPU model. With it, rdtsc_ordered() and
+  // barrier_nospec() execute LFENCE at CPL0, which kvm_pvm fails to emulate
+  // (kvm_emulate_insn reports "failed" for 0f ae e8) and handles on a slow
+  // path; clocksource reads in timer interrupts did this often enough that
+  // a 2-vCPU guest spent all its time in its timer interrupts.
+  std::string numbers = std::to_string(3 * 32 + 18);
   for (const CpuidFeature& feature : features) {
     std::optional<uint32_t> word = LinuxCapabilityWord(feature);
     if (!word) continue;
-    if (!numbers.empty()) numbers += ',';
-    numbers += std::to_string(*word * 32 + feature.bit);
+    numbers += ',' + std::to_string(*word * 32 + feature.bit);
   }
   return "noxsave clearcpuid=" + numbers;
 }

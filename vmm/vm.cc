@@ -189,6 +189,15 @@ Result<std::vector<Vm::VcpuPosition>> Vm::QueryVcpus() const {
   return positions;
 }
 
+std::vector<std::map<std::string, uint64_t>> Vm::KvmStats() {
+  std::vector<std::map<std::string, uint64_t>> all;
+  for (kvm::KvmVcpu& vcpu : vcpus_) {
+    auto stats = vcpu.ReadStats();
+    all.push_back(stats.ok() ? *stats : std::map<std::string, uint64_t>{});
+  }
+  return all;
+}
+
 Status Vm::CreateDisks() {
   if (config_.disks.size() > devices::virtio::kMaxVirtioMmioDevices) {
     return Error(fmt::format("{} disks given; forkvmm supports at most {}", config_.disks.size(),

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -99,6 +100,8 @@ class Vm {
     bool interrupts_enabled = false;
   };
   Result<std::vector<VcpuPosition>> QueryVcpus() const;
+  // KVM's statistics for each vCPU (see KvmVcpu::ReadStats).
+  std::vector<std::map<std::string, uint64_t>> KvmStats();
 
   // --- fork support for disks; all of these need the VM paused ---
 

@@ -286,6 +286,7 @@ CommandReply VmProcess::HandleCommand(const std::string& command, const json& ar
     if (was_running && !vm_->Pause()) return CommandReply::Failure("the VM stopped");
     auto positions = vm_->QueryVcpus();
     std::vector<VcpuStats> stats = vm_->vcpu_stats();
+    auto kvm_stats = vm_->KvmStats();
     if (was_running) vm_->Resume();
     if (!positions.ok()) return CommandReply::Failure(positions.error().message());
     json list = json::array();
@@ -299,6 +300,13 @@ CommandReply VmProcess::HandleCommand(const std::string& command, const json& ar
       if (i < stats.size()) {
         entry["guest-seconds"] = static_cast<double>(stats[i].guest_nanoseconds) / 1e9;
         entry["exits"] = stats[i].exits_by_reason[KVM_EXIT_IO] + stats[i].exits_by_reason[KVM_EXIT_MMIO];
+      }
+      if (i < kvm_stats.size() && !kvm_stats[i].empty()) {
+        json kvm = json::object();
+        for (const auto& [name, value] : kvm_stats[i]) {
+          if (value != 0) kvm[name] = value;
+        }
+        entry["kvm-stats"] = kvm;
       }
       list.push_back(entry);
     }

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <memory>
@@ -310,6 +311,7 @@ KvmVcpu& KvmVcpu::operator=(KvmVcpu&& other) noexcept {
   if (this == &other) return *this;
   Unmap();
   fd_ = std::move(other.fd_);
+  stats_fd_ = std::move(other.stats_fd_);
   id_ = other.id_;
   run_ = std::exchange(other.run_, nullptr);
   run_size_ = std::exchange(other.run_size_, 0);
@@ -427,6 +429,51 @@ Result<uint32_t> KvmVcpu::GetTscKhz() const {
   int khz = ioctl(fd_.get(), KVM_GET_TSC_KHZ, 0);
   if (khz <= 0) return Error::FromErrno("KVM_GET_TSC_KHZ");
   return static_cast<uint32_t>(khz);
+}
+
+Result<std::map<std::string, uint64_t>> KvmVcpu::ReadStats() {
+  std::map<std::string, uint64_t> stats;
+  if (!stats_fd_.valid()) {
+    int fd = ioctl(fd_.get(), KVM_GET_STATS_FD, 0);
+    if (fd < 0) return stats;  // no binary statistics on this kernel
+    stats_fd_.Reset(fd);
+  }
+  // The file's layout (api.rst, KVM_GET_STATS_FD): a header, descriptors
+  // each followed by a name of header.name_size bytes, and u64 data.
+  kvm_stats_header header{};
+  if (pread(stats_fd_.get(), &header, sizeof(header), 0) != sizeof(header)) {
+    return Error::FromErrno("read", "KVM statistics header");
+  }
+  constexpr size_t kDescriptorBytes = 16;  // kvm_stats_desc before its name, in C
+  if (header.num_desc > 4096 || header.name_size == 0 || header.name_size > 256) {
+    return Error("KVM statistics header has implausible sizes");
+  }
+  size_t stride = kDescriptorBytes + header.name_size;
+  std::vector<uint8_t> descriptors(header.num_desc * stride);
+  if (pread(stats_fd_.get(), descriptors.data(), descriptors.size(), header.desc_offset) !=
+      static_cast<ssize_t>(descriptors.size())) {
+    return Error::FromErrno("read", "KVM statistics descriptors");
+  }
+  for (uint32_t i = 0; i < header.num_desc; ++i) {
+    const uint8_t* descriptor = descriptors.data() + i * stride;
+    uint16_t size;
+    uint32_t offset;
+    std::memcpy(&size, descriptor + 6, sizeof(size));
+    std::memcpy(&offset, descriptor + 8, sizeof(offset));
+    std::string name(reinterpret_cast<const char*>(descriptor + kDescriptorBytes),
+                     strnlen(reinterpret_cast<const char*>(descriptor + kDescriptorBytes),
+                             header.name_size));
+    if (size == 0 || size > 1024) continue;
+    std::vector<uint64_t> values(size);
+    if (pread(stats_fd_.get(), values.data(), size * sizeof(uint64_t),
+              header.data_offset + offset) != static_cast<ssize_t>(size * sizeof(uint64_t))) {
+      continue;
+    }
+    uint64_t total = 0;
+    for (uint64_t value : values) total += value;
+    stats[name] = total;
+  }
+  return stats;
 }
 
 Status KvmVcpu::NotifyPaused() {

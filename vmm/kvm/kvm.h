@@ -14,6 +14,7 @@
 #include <linux/kvm.h>
 
 #include <cstdint>
+#include <map>
 #include <span>
 #include <string>
 #include <vector>
@@ -154,6 +155,10 @@ class KvmVcpu {
   // watchdog does not fire after a long pause. Fails with EINVAL when the
   // guest has not enabled kvmclock.
   Status NotifyPaused();
+  // Reads KVM's binary statistics of this vCPU (KVM_GET_STATS_FD): exit
+  // counts by kind, halt polling, injected interrupts. Histograms are
+  // summed into one value. Empty where the kernel lacks the interface.
+  Result<std::map<std::string, uint64_t>> ReadStats();
 
  private:
   friend class KvmVm;
@@ -165,6 +170,7 @@ class KvmVcpu {
   uint32_t id_ = 0;
   kvm_run* run_ = nullptr;
   size_t run_size_ = 0;
+  UniqueFd stats_fd_;
 };
 
 }  // namespace forkvmm::kvm
