@@ -43,9 +43,9 @@ if want asan; then
     --timeout 900 || failed+=(asan)
 fi
 
-if want fuzz && [[ -x tests/fuzz/run.sh ]]; then
+if want fuzz && [[ -f tests/fuzz/run_fuzz.sh ]]; then
   section "qcow2 fuzzing (bounded)"
-  bash tests/fuzz/run.sh 60 || failed+=(fuzz)
+  bash tests/fuzz/run_fuzz.sh 60 || failed+=(fuzz)
 fi
 
 if want e2e; then
