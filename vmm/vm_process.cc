@@ -281,6 +281,7 @@ CommandReply VmProcess::HandleCommand(const std::string& command, const json& ar
     return CommandReply::Success(info);
   }
   if (command == "fork") return HandleFork(arguments);
+  if (command == "pmemsave") return HandlePmemsave(arguments);
   if (command == "query-cpus-fast") {
     bool was_running = vm_->state() == VmState::kRunning;
     if (was_running && !vm_->Pause()) return CommandReply::Failure("the VM stopped");
@@ -314,6 +315,38 @@ CommandReply VmProcess::HandleCommand(const std::string& command, const json& ar
   }
   return CommandReply::Failure(fmt::format("the command {} has not been found", command),
                                "CommandNotFound");
+}
+
+CommandReply VmProcess::HandlePmemsave(const json& arguments) {
+  // QMP's pmemsave: {"val": guest-physical address, "size": bytes,
+  // "filename": path}. The file is created by this process with mode 0600.
+  uint64_t address = 0;
+  uint64_t size = 0;
+  std::string filename;
+  try {
+    address = arguments.at("val").get<uint64_t>();
+    size = arguments.at("size").get<uint64_t>();
+    filename = arguments.at("filename").get<std::string>();
+  } catch (const json::exception& e) {
+    return CommandReply::Failure(fmt::format("invalid pmemsave arguments: {}", e.what()));
+  }
+  constexpr uint64_t kMaxBytes = uint64_t{1} << 30;
+  if (size > kMaxBytes) {
+    return CommandReply::Failure(fmt::format("pmemsave size {} exceeds {} bytes", size, kMaxBytes));
+  }
+  auto host = vm_->memory().HostAddress(address, size);
+  if (!host.ok()) return CommandReply::Failure(host.error().message());
+  UniqueFd fd(open(filename.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!fd.valid()) return CommandReply::Failure(Error::FromErrno("open", filename).message());
+  const uint8_t* data = *host;
+  uint64_t left = size;
+  while (left > 0) {
+    ssize_t n = write(fd.get(), data, left);
+    if (n <= 0) return CommandReply::Failure(Error::FromErrno("write", filename).message());
+    data += n;
+    left -= static_cast<uint64_t>(n);
+  }
+  return CommandReply::Success();
 }
 
 CommandReply VmProcess::HandleFork(const json& arguments) {

@@ -100,6 +100,7 @@ class VmProcess {
   Status Attach(const RuntimeDirectory& runtime, VmRecord record);
   CommandReply HandleCommand(const std::string& command, const nlohmann::json& arguments);
   CommandReply HandleFork(const nlohmann::json& arguments);
+  CommandReply HandlePmemsave(const nlohmann::json& arguments);
   nlohmann::json StatusJson() const;
   void OnSignal();
   void ReportReady(const std::string& line);
