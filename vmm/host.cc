@@ -103,6 +103,9 @@ HostProfile SoftwareVirtualizationProfile(std::string kvm_module) {
   profile.kvm_module = std::move(kvm_module);
   profile.hidden_features = SoftwareHiddenFeatures();
   profile.extra_kernel_parameters = LinuxParametersHiding(profile.hidden_features);
+  // kvm_pvm reported "INTERNAL_ERROR in batch emul" at the FWAIT in Linux's
+  // fpu__drop(), which runs at every task exit, now and then during boot.
+  profile.step_over_failed_fwait = true;
   // With these paravirtual features a 2-vCPU guest hung at SMP bring-up
   // under kvm_pvm.
   profile.hidden_kvm_features = (1u << KVM_FEATURE_PV_UNHALT) | (1u << KVM_FEATURE_PV_TLB_FLUSH) |
@@ -136,8 +139,8 @@ std::string HostProfile::Describe() const {
       }
       return fmt::format(
           "host has software virtualization only ({}): applying its quirks profile: hiding CPU "
-          "features {} and the KVM PV unhalt, TLB flush, IPI and sched-yield features; Linux "
-          "guests also get \"{}\"",
+          "features {} and the KVM PV unhalt, TLB flush, IPI and sched-yield features, stepping "
+          "over FWAITs that the instruction emulator fails on; Linux guests also get \"{}\"",
           kvm_module, names, extra_kernel_parameters);
     }
     case Virtualization::kUnknown:

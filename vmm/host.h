@@ -27,6 +27,9 @@ struct HostProfile {
   uint32_t hidden_kvm_features = 0;
   // Extra kernel command-line parameters the guest needs on this host.
   std::string extra_kernel_parameters;
+  // Step over an FWAIT that KVM's instruction emulator failed on, instead
+  // of ending the VM (see VcpuThread).
+  bool step_over_failed_fwait = false;
 
   // One line for the start-up log: the host kind and what the profile does.
   std::string Describe() const;

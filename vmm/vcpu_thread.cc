@@ -5,6 +5,7 @@
 
 #include <fmt/core.h>
 
+#include "memory/page_walk.h"
 #include "vmm/base/log.h"
 
 namespace forkvmm {
@@ -19,6 +20,12 @@ uint64_t NowNanoseconds() {
 }
 
 RateLimiter g_unhandled_io_limiter(10, std::chrono::seconds(5));
+RateLimiter g_fwait_limiter(5, std::chrono::seconds(60));
+
+// FWAIT (opcode 9b), and the bit of the x87 status word that is set while an
+// unmasked exception is pending (Intel SDM vol. 1, 8.1.3).
+constexpr uint8_t kFwaitOpcode = 0x9b;
+constexpr uint16_t kFpuStatusExceptionSummary = 1u << 7;
 
 const char* ExitReasonName(size_t reason) {
   switch (reason) {
@@ -136,6 +143,15 @@ bool VcpuThread::HandleExit() {
                        run.fail_entry.hardware_entry_failure_reason));
       return false;
     case KVM_EXIT_INTERNAL_ERROR: {
+      if (run.internal.suberror == KVM_INTERNAL_ERROR_EMULATION && fwait_memory_ != nullptr) {
+        Result<bool> stepped = StepOverFailedFwait();
+        if (stepped.ok() && *stepped) return true;
+        if (!stepped.ok()) {
+          LogLimited(g_fwait_limiter, LogLevel::kWarning,
+                     "vCPU {}: reading the instruction KVM failed to emulate failed: {}",
+                     vcpu_.id(), stepped.error().message());
+        }
+      }
       auto regs = vcpu_.GetRegs();
       std::string data;
       uint32_t words = std::min<uint32_t>(run.internal.ndata, std::size(run.internal.data));
@@ -148,6 +164,35 @@ bool VcpuThread::HandleExit() {
       Fail(fmt::format("unexpected KVM exit reason {}", run.exit_reason));
       return false;
   }
+}
+
+// kvm_pvm's instruction emulator fails on FWAIT at CPL0, which Linux runs
+// in fpu__drop() at every task exit. FWAIT only raises a pending unmasked
+// x87 exception as #MF; with none pending it does nothing, so stepping over
+// it is exact. With one pending, the VM still ends with the internal error.
+Result<bool> VcpuThread::StepOverFailedFwait() {
+  ASSIGN_OR_RETURN(kvm_regs regs, vcpu_.GetRegs());
+  ASSIGN_OR_RETURN(kvm_sregs sregs, vcpu_.GetSregs());
+  memory::PagingState paging{
+      .cr0 = sregs.cr0, .cr3 = sregs.cr3, .cr4 = sregs.cr4, .efer = sregs.efer};
+  // In 64-bit mode the CS base is ignored; elsewhere it adds to RIP.
+  uint64_t linear = sregs.cs.l ? regs.rip : sregs.cs.base + regs.rip;
+  ASSIGN_OR_RETURN(uint64_t physical, memory::TranslateVirtual(*fwait_memory_, paging, linear));
+  ASSIGN_OR_RETURN(uint8_t opcode, fwait_memory_->ReadObject<uint8_t>(physical));
+  if (opcode != kFwaitOpcode) return false;
+  ASSIGN_OR_RETURN(kvm_fpu fpu, vcpu_.GetFpu());
+  if (fpu.fsw & kFpuStatusExceptionSummary) return false;
+
+  regs.rip += 1;
+  TRY(vcpu_.SetRegs(regs));
+  {
+    std::lock_guard lock(stats_mutex_);
+    ++stats_.stepped_fwaits;
+  }
+  LogLimited(g_fwait_limiter, LogLevel::kInfo,
+             "vCPU {}: stepped over FWAIT at {:#x}, which KVM's instruction emulator failed on",
+             vcpu_.id(), regs.rip - 1);
+  return true;
 }
 
 void VcpuThread::HandlePortIo(kvm_run& run) {
@@ -190,6 +235,7 @@ std::string FormatVcpuStats(const std::vector<VcpuStats>& stats) {
       out += name ? fmt::format(" {}={}", name, s.exits_by_reason[reason])
                   : fmt::format(" reason{}={}", reason, s.exits_by_reason[reason]);
     }
+    if (s.stepped_fwaits > 0) out += fmt::format("; stepped over {} FWAIT", s.stepped_fwaits);
     out += '\n';
   }
   return out;

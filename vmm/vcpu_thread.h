@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "devices/bus.h"
+#include "memory/guest_memory.h"
 #include "vmm/kvm/kvm.h"
 #include "vmm/run_control.h"
 
@@ -24,13 +25,17 @@ struct VcpuStats {
   uint64_t interrupted_runs = 0;   // KVM_RUN returned EINTR (pause, signal)
   uint64_t guest_nanoseconds = 0;  // inside KVM_RUN
   uint64_t vmm_nanoseconds = 0;    // handling exits in userspace
+  uint64_t stepped_fwaits = 0;     // see VcpuThread::StepOverFailedFwait
 };
 
 class VcpuThread {
  public:
+  // With `fwait_memory` (guest RAM), an FWAIT that KVM's emulator failed
+  // on is stepped over instead of ending the VM; pass nullptr where KVM
+  // emulates it (HostProfile::step_over_failed_fwait).
   VcpuThread(kvm::KvmVcpu& vcpu, const devices::Bus& pio, const devices::Bus& mmio,
-             RunControl& control)
-      : vcpu_(vcpu), pio_(pio), mmio_(mmio), control_(control) {}
+             RunControl& control, const memory::GuestMemory* fwait_memory = nullptr)
+      : vcpu_(vcpu), pio_(pio), mmio_(mmio), control_(control), fwait_memory_(fwait_memory) {}
   VcpuThread(const VcpuThread&) = delete;
   VcpuThread& operator=(const VcpuThread&) = delete;
   ~VcpuThread() { Join(); }
@@ -51,12 +56,16 @@ class VcpuThread {
   bool HandleExit();
   void HandlePortIo(kvm_run& run);
   void HandleMmio(kvm_run& run);
+  // Returns true after moving RIP past an FWAIT that KVM's emulator failed
+  // on, false if the instruction at RIP is something else.
+  Result<bool> StepOverFailedFwait();
   void Fail(std::string message);
 
   kvm::KvmVcpu& vcpu_;
   const devices::Bus& pio_;
   const devices::Bus& mmio_;
   RunControl& control_;
+  const memory::GuestMemory* fwait_memory_;
   std::thread thread_;
   std::atomic<pthread_t> native_handle_{};
   std::atomic<bool> started_{false};

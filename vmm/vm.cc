@@ -114,7 +114,7 @@ Result<std::unique_ptr<Vm>> Vm::Create(const VmConfig& config, const HostProfile
   return vm;
 }
 
-Result<std::unique_ptr<Vm>> Vm::Restore(const VmConfig& config, const HostProfile&,
+Result<std::unique_ptr<Vm>> Vm::Restore(const VmConfig& config, const HostProfile& host,
                                         std::shared_ptr<devices::ByteSink> console,
                                         memory::GuestMemory memory,
                                         const snapshot::VmState& state) {
@@ -125,6 +125,7 @@ Result<std::unique_ptr<Vm>> Vm::Restore(const VmConfig& config, const HostProfil
     return Error("saved VM state does not match the machine configuration");
   }
   ASSIGN_OR_RETURN(std::unique_ptr<Vm> vm, CreateMachine(config, std::move(memory)));
+  vm->step_over_failed_fwait_ = host.step_over_failed_fwait;
   TRY_CTX(RestoreIrqchip(vm->kvm_vm_, state.irqchip), "restoring the interrupt controllers");
   if (state.pit) TRY_CTX(vm->kvm_vm_.SetPit(*state.pit), "restoring the PIT");
   for (const snapshot::VcpuState& vcpu_state : state.vcpus) {
@@ -355,6 +356,7 @@ Status Vm::RegisterMemory() {
 }
 
 Status Vm::CreateVcpus(const HostProfile& host) {
+  step_over_failed_fwait_ = host.step_over_failed_fwait;
   const kvm::KvmSystem& system = system_;
   ASSIGN_OR_RETURN(kvm::CpuidEntries supported, system.GetSupportedCpuid());
   boot::CpuidPolicy policy;
@@ -435,7 +437,8 @@ void Vm::Start(bool paused) {
   }
   threads_.reserve(vcpus_.size());
   for (auto& vcpu : vcpus_) {
-    threads_.push_back(std::make_unique<VcpuThread>(vcpu, pio_bus_, mmio_bus_, *control_));
+    threads_.push_back(std::make_unique<VcpuThread>(vcpu, pio_bus_, mmio_bus_, *control_,
+                                                   step_over_failed_fwait_ ? &memory_ : nullptr));
   }
   for (auto& thread : threads_) thread->Start();
   if (paused && !control_->Pause()) return;  // waits until all vCPUs parked

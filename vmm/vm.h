@@ -178,6 +178,7 @@ class Vm {
   std::vector<kvm::CpuidEntries> cpuid_;  // per vCPU, as set
   std::vector<uint32_t> msrs_to_save_;
   std::vector<std::unique_ptr<VcpuThread>> threads_;
+  bool step_over_failed_fwait_ = false;  // HostProfile::step_over_failed_fwait
   std::unique_ptr<RunControl> control_;
   devices::Bus pio_bus_{"port I/O"};
   devices::Bus mmio_bus_{"MMIO"};
