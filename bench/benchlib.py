@@ -126,6 +126,27 @@ def machine_description():
     }
 
 
+# The paths of the product code that the benchmarks measure.
+PRODUCT_PATHS = ("vmm", "devices", "memory", "snapshot", "tools", "CMakeLists.txt")
+
+
+def source_revision():
+    """Look up the commit of the checkout this script runs from and the
+    product files that differ from it, so a result names the code it
+    measured."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*arguments):
+        result = subprocess.run(["git", "-C", root, *arguments], capture_output=True, text=True)
+        return result.stdout.rstrip() if result.returncode == 0 else None
+
+    changed = git("status", "--porcelain", "--", *PRODUCT_PATHS)
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "uncommitted_product_files": changed.splitlines() if changed else [],
+    }
+
+
 def wakeup_latency_us(samples=200, sleep_s=0.001):
     """Measure how late a 1 ms sleep wakes up, in microseconds. It shows how
     long a runnable thread waits for a CPU on this machine right now."""
@@ -211,6 +232,14 @@ def smaps_rollup_kib(pid):
         "private": values.get("Private_Clean", 0) + values.get("Private_Dirty", 0),
         "anon_huge": values.get("AnonHugePages", 0),
     }
+
+
+def page_table_kib(pid):
+    """Return VmPTE of process `pid`, the memory of its page tables, in KiB."""
+    for line in read_text(f"/proc/{pid}/status").splitlines():
+        if line.startswith("VmPTE:"):
+            return int(line.split()[1])
+    return 0
 
 
 def mem_available_kib():

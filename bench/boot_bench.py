@@ -372,6 +372,7 @@ def main():
         "benchmark": "boot_bench",
         "command": " ".join(sys.argv),
         "machine": benchlib.machine_description(),
+        "source": benchlib.source_revision(),
         "probe": {key: probe_report.get(key) for key in
                   ("virtualization", "kvm_module", "hidden_cpu_features",
                    "extra_kernel_parameters", "guest_userspace")},

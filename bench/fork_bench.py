@@ -17,7 +17,7 @@ Then, per RAM size and huge-page setting, it boots the guest idle
 and the parent's /proc/<pid>/smaps_rollup.
 
 Output: a JSON file with every sample and the summaries, a PNG plot of
-latency against RAM size, and a table on stdout.
+latency against RAM size, and the tables of bench/report.py on stdout.
 """
 
 import argparse
@@ -32,6 +32,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib  # noqa: E402
+import report  # noqa: E402
 
 READY = "dirty: ready"
 QEMU_TIMEOUT_SECONDS = 1800
@@ -226,6 +227,7 @@ MODES = {"thp": (True, 0), "nothp": (False, 0), "thp-nice": (True, -10)}
 
 def measure_latency(args, work, mem_mib):
     """Rounds of forks of the forkvmm VMs, alternating with the QEMU path."""
+    print(f"{mem_mib} MiB: latency", flush=True)
     boot_timeout = 120 + mem_mib / 10
     vms = {}
     for mode in args.modes.split(","):
@@ -282,20 +284,30 @@ def measure_memory(args, work, mem_mib, hugepages):
         children = reply["children"]
         time.sleep(args.settle_seconds)
         child_usage = [benchlib.smaps_rollup_kib(child["pid"]) for child in children]
+        child_page_tables = [benchlib.page_table_kib(child["pid"]) for child in children]
         parent_after = benchlib.smaps_rollup_kib(vm.pid)
         available_after = benchlib.mem_available_kib()
     finally:
         kill_children(children)
         vm.kill()
     count = len(child_usage)
+    pss_sum_children = sum(u["pss"] for u in child_usage)
     return {
         "children": count,
         "fork_timing": reply["timing"],
         "fork_round_trip_ms": round_trip_ms,
-        "pss_sum_children_kib": sum(u["pss"] for u in child_usage),
-        "pss_per_child_kib": sum(u["pss"] for u in child_usage) / count,
+        "pss_sum_children_kib": pss_sum_children,
+        # Pss splits each shared page among the processes that map it, so
+        # this falls as N grows and is not what the children cost.
+        "pss_per_child_kib": pss_sum_children / count,
+        # What the N children added to the sum of Pss over the parent and
+        # them: the memory they cost, split evenly.
+        "marginal_pss_per_child_kib":
+            (pss_sum_children + parent_after["pss"] - parent_before["pss"]) / count,
         "private_per_child_kib": sum(u["private"] for u in child_usage) / count,
         "rss_per_child_kib": sum(u["rss"] for u in child_usage) / count,
+        # Page tables are kernel memory, outside Pss.
+        "page_tables_per_child_kib": sum(child_page_tables) / count,
         "parent_before": parent_before,
         "parent_after": parent_after,
         "mem_available_drop_per_child_kib": (available_before - available_after) / count,
@@ -352,26 +364,6 @@ def plot(results, path):
     figure.savefig(path, dpi=110)
 
 
-def print_table(results):
-    print("\nRAM     mode   parent_held med/p90   ready med/p90        QEMU total med   ratio")
-    for size, entry in results["sizes"].items():
-        latency = entry["latency"]
-        qemu = latency.get("qemu", {}).get("total_ms", {}).get("median")
-        for mode in MODES:
-            if mode not in latency:
-                continue
-            parent_held = latency[mode]["parent_held_ms"]
-            ready = latency[mode]["ready_ms"]
-            ratio = f"{qemu / ready['median']:.0f}x" if qemu else "-"
-            print(f"{size:>5}M  {mode:<5}  {parent_held['median']:7.2f} / {parent_held['p90']:7.2f}   "
-                  f"{ready['median']:7.2f} / {ready['p90']:7.2f}   "
-                  f"{qemu if qemu else float('nan'):10.0f}   {ratio}")
-        for mode, memory in entry.get("memory", {}).items():
-            print(f"{size:>5}M  {mode:<5}  memory: Pss/child {memory['pss_per_child_kib'] / 1024:.2f}"
-                  f" MiB, private/child {memory['private_per_child_kib'] / 1024:.2f} MiB, "
-                  f"parent Pss {memory['parent_after']['pss'] / 1024:.1f} MiB")
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--forkvmm", default="build-bench/tools/forkvmm")
@@ -408,6 +400,7 @@ def main():
         "benchmark": "fork_bench",
         "command": " ".join(sys.argv),
         "machine": benchlib.machine_description(),
+        "source": benchlib.source_revision(),
         "guest": os.path.basename(args.guest),
         "working_set_mib": args.working_set_mib,
         "migration_file_directory": work,
@@ -415,11 +408,11 @@ def main():
     }
     for size in args.sizes.split(","):
         mem_mib = parse_size_mib(size)
-        print(f"{mem_mib} MiB: latency", flush=True)
-        entry = {"load_before": benchlib.loadavg()}
-        samples = measure_latency(args, work, mem_mib)
-        entry["latency"] = summarize_latency(samples)
-        entry["samples"] = samples
+        entry = {"load_before": benchlib.loadavg(), "latency": {}}
+        if args.forks > 0:
+            samples = measure_latency(args, work, mem_mib)
+            entry["latency"] = summarize_latency(samples)
+            entry["samples"] = samples
         if args.children > 0:
             entry["memory"] = {}
             for hugepages in (True, False):
@@ -435,7 +428,8 @@ def main():
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
     plot(results, args.plot)
-    print_table(results)
+    print()
+    report.fork_tables(results)
     print(f"\nwrote {args.out} and {args.plot}")
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
