@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "vmm/control_client.h"
@@ -181,6 +182,33 @@ TEST(RuntimeDirectory, RegistersFindsAndCleansUp) {
   ASSERT_FALSE(status.ok());
   EXPECT_EQ(status.error().message(),
             "a VM named 'alive' already exists (id " + live.id + ")");
+  std::filesystem::remove_all(pattern);
+}
+
+TEST(RuntimeDirectory, FailedVmKeepsItsLog) {
+  char pattern[] = "/tmp/forkvmm-runtime-XXXXXX";
+  ASSERT_NE(mkdtemp(pattern), nullptr);
+  auto runtime = RuntimeDirectory::Open(pattern);
+  ASSERT_TRUE(runtime.ok());
+  VmRecord record{runtime->NewId(), "broken", "", getpid(), 1 << 20, 1, 1, {}};
+  ASSERT_TRUE(runtime->CreateVm(record).ok());
+  {
+    std::ofstream log(runtime->VmDirectory(record.id) + "/vmm.log");
+    log << "vCPU 0: KVM internal error\n";
+  }
+
+  runtime->RemoveFailedVm(record.id);
+  EXPECT_FALSE(std::filesystem::exists(runtime->VmDirectory(record.id)));
+  std::ifstream kept(runtime->FailedLogPath(record.id));
+  std::string line;
+  ASSERT_TRUE(std::getline(kept, line));
+  EXPECT_EQ(line, "vCPU 0: KVM internal error");
+  auto found = runtime->Find(record.id);
+  ASSERT_FALSE(found.ok());
+  EXPECT_NE(found.error().message().find("it ended with an error, see " +
+                                         runtime->FailedLogPath(record.id)),
+            std::string::npos)
+      << found.error().message();
   std::filesystem::remove_all(pattern);
 }
 

@@ -142,6 +142,13 @@ void RuntimeDirectory::RemoveVm(const std::string& id) const {
   std::filesystem::remove_all(VmDirectory(id), ignored);
 }
 
+void RuntimeDirectory::RemoveFailedVm(const std::string& id) const {
+  if (!ValidId(id)) return;
+  std::error_code ignored;
+  std::filesystem::rename(VmDirectory(id) + "/vmm.log", FailedLogPath(id), ignored);
+  RemoveVm(id);
+}
+
 Result<VmRecord> RuntimeDirectory::ReadRecord(const std::string& id) const {
   std::string path = VmDirectory(id) + "/vm.json";
   std::ifstream in(path);
@@ -189,6 +196,10 @@ Result<VmRecord> RuntimeDirectory::Find(const std::string& id_or_name) const {
   if (matches.size() > 1) {
     return Error(fmt::format("VM id prefix '{}' is ambiguous ({} VMs match)", id_or_name,
                              matches.size()));
+  }
+  if (ValidId(id_or_name) && access(FailedLogPath(id_or_name).c_str(), F_OK) == 0) {
+    return Error(fmt::format("no VM with id or name '{}' in {}: it ended with an error, see {}",
+                             id_or_name, root_, FailedLogPath(id_or_name)));
   }
   return Error(fmt::format("no VM with id or name '{}' in {}", id_or_name, root_));
 }

@@ -7,6 +7,8 @@
 //   console.sock  the serial console socket for `forkvmm console`
 //   serial.log    everything the guest wrote to its console
 //   vmm.log       the VMM's own log of a background VM
+// and <root>/<id>.failed.log is the vmm.log of a VM that ended with an
+// error, kept after its directory is removed.
 // The root is $FORKVMM_RUNTIME_DIR, else $XDG_RUNTIME_DIR/forkvmm, else
 // /run/forkvmm; it is created with mode 0700.
 #pragma once
@@ -50,6 +52,10 @@ class RuntimeDirectory {
   Status WriteRecord(const VmRecord& record) const;
   // Removes the VM's directory and everything in it.
   void RemoveVm(const std::string& id) const;
+  // Removes the VM's directory but first moves its vmm.log, if any, to
+  // FailedLogPath(id). Open descriptors of the log keep writing to it.
+  void RemoveFailedVm(const std::string& id) const;
+  std::string FailedLogPath(const std::string& id) const { return root_ + "/" + id + ".failed.log"; }
 
   // Lists live VMs. Entries whose process is gone are removed.
   std::vector<VmRecord> List() const;

@@ -166,7 +166,11 @@ VmExit VmProcess::Run(bool start_paused) {
   }
   control_.reset();
   console_->StopListening();
-  runtime_->RemoveVm(record_.id);
+  if (exit.reason == VmExit::Reason::kError || exit.reason == VmExit::Reason::kShutdown) {
+    runtime_->RemoveFailedVm(record_.id);
+  } else {
+    runtime_->RemoveVm(record_.id);
+  }
   return exit;
 }
 
