@@ -59,6 +59,7 @@ TEST_F(HostDetectionTest, PvmGetsQuirksProfile) {
   // LFENCE_RDTSC is Linux capability 3*32+18 = 114 and always cleared.
   EXPECT_EQ(profile.extra_kernel_parameters.rfind("noxsave clearcpuid=114,", 0), 0u)
       << profile.extra_kernel_parameters;
+  EXPECT_NE(profile.extra_kernel_parameters.find(" highres=off "), std::string::npos);
   EXPECT_NE(profile.Describe().find("kvm_pvm"), std::string::npos);
 }
 
