@@ -77,15 +77,53 @@ class Session:
         except FileNotFoundError:
             return ""
 
-    def wait_for(self, vm_id, text, timeout, saved_logs=None):
-        """Waits until `text` appears in the VM's serial log; returns the log."""
+    def ended_reason(self, vm_id):
+        """Returns why the VM's process has ended, or None while it runs."""
+        if os.path.isdir(os.path.join(self.runtime, vm_id)):
+            return None
+        failed_log = os.path.join(self.runtime, f"{vm_id}.failed.log")
+        if os.path.exists(failed_log):
+            with open(failed_log, errors="replace") as log:
+                return "it failed; its VMM log ends:\n" + tail(log.read(), 5)
+        return "its process ended"
+
+    def vcpu_positions(self, vm_id):
+        """Returns each vCPU's RIP and privilege level, for failure messages."""
+        reply = self.run("qmp", vm_id, "query-cpus-fast", check=False).stdout
+        try:
+            cpus = json.loads(reply)
+        except ValueError:
+            return [f"query-cpus-fast failed: {reply.strip()[:200]}"]
+        if not isinstance(cpus, list):
+            return [f"query-cpus-fast returned {reply.strip()[:200]}"]
+        return [f"cpu {cpu.get('cpu-index')} rip {cpu.get('rip')} cpl {cpu.get('cpl')}"
+                for cpu in cpus]
+
+    def wait_for(self, vm_id, text, timeout, saved_logs=None, silence_limit=600):
+        """Waits until `text` appears in the VM's serial log; returns the log.
+        Fails early when the VM ends, or when its console stays silent for
+        `silence_limit` seconds (on software virtualization, a heavily loaded
+        host can leave a 2-vCPU guest handling nothing but timer ticks)."""
         deadline = time.monotonic() + timeout
+        last_size, last_growth = -1, time.monotonic()
         while time.monotonic() < deadline:
             log = self.serial_log(vm_id)
             if saved_logs is not None:
                 saved_logs[vm_id] = log
             if text in log:
                 return log
+            now = time.monotonic()
+            if len(log) != last_size:
+                last_size, last_growth = len(log), now
+            ended = self.ended_reason(vm_id)
+            if ended:
+                raise AssertionError(f"VM {vm_id} ended before '{text}' appeared: {ended}\n"
+                                     f"last console lines:\n{tail(self.serial_log(vm_id))}")
+            if now - last_growth > silence_limit:
+                positions = self.vcpu_positions(vm_id)
+                raise AssertionError(f"VM {vm_id}: console silent for {silence_limit} s "
+                                     f"before '{text}' ({'; '.join(positions)}); host load "
+                                     f"{os.getloadavg()[0]:.1f}; last lines:\n{tail(log)}")
             time.sleep(0.2)
         raise AssertionError(f"VM {vm_id}: '{text}' did not appear within {timeout} s; "
                              f"last lines:\n{tail(self.serial_log(vm_id))}")
