@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """Print the Markdown result tables of bench/README.md from the JSON files
-that fork_bench.py and boot_bench.py write.
+that fork_bench.py, boot_bench.py and disk_bench.py write.
 
 Usage: bench/report.py [--fork bench/results/fork.json] [--boot bench/results/boot.json]
+                       [--disk bench/results/disk.json]
 """
 
 import argparse
@@ -191,10 +192,32 @@ def boot_tables(results):
         print(f"| {config} | {stats['guest_s']:.1f} | {stats['vmm_s']:.2f} | {exits} |")
 
 
+def disk_tables(results):
+    print(f"Machine: {machine_line(results['machine'])}\n")
+    print(f"{source_line(results)}\n")
+    print(f"Images: {results['image_mib']} MiB, {results['cluster_bytes'] // 1024} KiB "
+          f"clusters, on {results['work_dir_file_system']} (page cache); "
+          f"{results['qemu_img']} with `-t writeback -i io_uring`.\n")
+    print("Seconds per run, median (min-max, n); requests per second from the medians:\n")
+    print("| case | requests | forkvmm qcow2_io_bench | qemu-img bench | forkvmm req/s "
+          "| qemu-img req/s | forkvmm time / qemu-img time |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for case, entry in results["cases"].items():
+        cells = []
+        for tool in ("forkvmm", "qemu-img"):
+            s = entry["summary"][tool]
+            cells.append(f"{s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f}, {s['n']})")
+        rates = [f"{entry['requests'] / entry['summary'][tool]['median']:,.0f}"
+                 for tool in ("forkvmm", "qemu-img")]
+        print(f"| {case} | {entry['requests']} | {cells[0]} | {cells[1]} | {rates[0]} "
+              f"| {rates[1]} | {entry['forkvmm_over_qemu_img']:.2f} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fork", default="bench/results/fork.json")
     parser.add_argument("--boot", default="bench/results/boot.json")
+    parser.add_argument("--disk", default="bench/results/disk.json")
     args = parser.parse_args()
     fork = load(args.fork)
     if fork:
@@ -204,6 +227,10 @@ def main():
     if boot:
         print("\n## Boot\n")
         boot_tables(boot)
+    disk = load(args.disk)
+    if disk:
+        print("\n## qcow2 I/O\n")
+        disk_tables(disk)
 
 
 if __name__ == "__main__":

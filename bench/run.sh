@@ -1,15 +1,16 @@
 #!/bin/bash
 # Builds what the end-to-end benchmarks need in build-bench/ and runs them,
-# the fork benchmark first and then the boot benchmark. On hosts without
-# hardware virtualization a Linux boot takes minutes, so the boot benchmark's
-# default of 3 runs per VMM and configuration takes an hour or more there.
+# the boot benchmark last. On hosts without hardware virtualization a Linux
+# boot takes minutes, so the boot benchmark's default of 3 runs per VMM and
+# configuration takes an hour or more there.
 #
-# Usage: bench/run.sh [setup|fork|boot]...   (default: setup fork boot)
+# Usage: bench/run.sh [setup|fork|disk|boot]...   (default: setup fork disk boot)
 #   setup  kvm_setup_bench: the KVM calls of a fork child's VM rebuild
 #   fork   fork_bench.py: fork latency and memory against QEMU's migrate path
+#   disk   disk_bench.py: qcow2 I/O against qemu-img bench
 #   boot   boot_bench.py: Linux boot time against QEMU microvm
 # Results go to bench/results/ (JSON, and fork.png). Extra arguments for the
-# scripts go in FORK_BENCH_ARGS and BOOT_BENCH_ARGS.
+# scripts go in FORK_BENCH_ARGS, DISK_BENCH_ARGS and BOOT_BENCH_ARGS.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -25,10 +26,10 @@ for package in qemu-system-x86 qemu-utils python3-matplotlib; do
 done
 
 cmake -S . -B "$build" -G Ninja >/dev/null
-ninja -C "$build" -j2 forkvmm forkvmm_bench_guests kvm_setup_bench
+ninja -C "$build" -j2 forkvmm forkvmm_bench_guests kvm_setup_bench qcow2_io_bench
 
 benchmarks=("$@")
-[[ ${#benchmarks[@]} -gt 0 ]] || benchmarks=(setup fork boot)
+[[ ${#benchmarks[@]} -gt 0 ]] || benchmarks=(setup fork disk boot)
 mkdir -p bench/results
 for benchmark in "${benchmarks[@]}"; do
   case $benchmark in
@@ -46,13 +47,18 @@ for benchmark in "${benchmarks[@]}"; do
       "$python" bench/fork_bench.py --forkvmm "$build/tools/forkvmm" \
         --guest "$build/bench/guests/dirty.elf" ${FORK_BENCH_ARGS:-}
       ;;
+    disk)
+      # shellcheck disable=SC2086
+      "$python" bench/disk_bench.py --qcow2-io-bench "$build/bench/qcow2_io_bench" \
+        ${DISK_BENCH_ARGS:-}
+      ;;
     boot)
       # shellcheck disable=SC2086
       "$python" bench/boot_bench.py --forkvmm "$build/tools/forkvmm" \
         --cpuid-guest "$build/bench/guests/cpuid.elf" ${BOOT_BENCH_ARGS:-}
       ;;
     *)
-      echo "run.sh: unknown benchmark '$benchmark'; expected setup, fork or boot" >&2
+      echo "run.sh: unknown benchmark '$benchmark'; expected setup, fork, disk or boot" >&2
       exit 2
       ;;
   esac
