@@ -11,7 +11,9 @@ between the two. Two configurations:
 Each run records the wall time from starting the VMM process until the
 console shows "Run /init" and, where guest userspace runs, the ready line
 "forkvmm-guest: ready". forkvmm runs with --stats, whose per-vCPU exit counts
-and guest/VMM time are kept with the run.
+and guest/VMM time are kept with the run. When "Run /init" appears, the
+benchmark reads KVM's own statistics of each vCPU (exits handled in the
+kernel, emulated instructions, page faults) from both VMMs over QMP.
 
 Before booting, the benchmark runs bench/guests/cpuid.elf under both VMMs
 and compares the CPUID leaves the guest reads, to check that the -cpu flags
@@ -19,6 +21,8 @@ given to QEMU match forkvmm's quirks profile.
 """
 
 import argparse
+import functools
+import glob
 import json
 import os
 import re
@@ -128,21 +132,80 @@ def parse_stats(stderr_text):
     return vcpus
 
 
-def run_vmm(command, work, label, timeout):
+def forkvmm_kvm_stats(runtime_dir):
+    """Reads KVM's statistics of every vCPU of the one forkvmm VM running in
+    `runtime_dir` through its control socket (query-cpus-fast, which pauses
+    the VM for the length of the reads)."""
+    sockets = glob.glob(os.path.join(runtime_dir, "*", "control.sock"))
+    if len(sockets) != 1:
+        raise benchlib.QmpError(f"expected one control socket in {runtime_dir}, found "
+                                f"{len(sockets)}")
+    qmp = benchlib.Qmp(sockets[0])
+    try:
+        vcpus = qmp.execute("query-cpus-fast")
+    finally:
+        qmp.close()
+    return [vcpu.get("kvm-stats", {}) for vcpu in vcpus]
+
+
+def qemu_kvm_stats(qmp_path):
+    """Reads KVM's statistics of every vCPU of a QEMU VM with QMP's
+    query-stats (tried with QEMU 7.2). Histograms are summed into one value,
+    as forkvmm does."""
+    qmp = benchlib.Qmp(qmp_path)
+    try:
+        reply = qmp.execute("query-stats", {"target": "vcpu"})
+    finally:
+        qmp.close()
+    vcpus = []
+    for entry in reply:
+        if entry.get("provider") != "kvm":
+            continue
+        stats = {}
+        for stat in entry["stats"]:
+            value = stat["value"]
+            if isinstance(value, list):
+                value = sum(value)
+            if isinstance(value, bool) or not value:
+                continue
+            stats[stat["name"]] = value
+        vcpus.append(stats)
+    return vcpus
+
+
+def sum_vcpu_stats(vcpus):
+    total = {}
+    for stats in vcpus:
+        for name, value in stats.items():
+            total[name] = total.get(name, 0) + value
+    return total
+
+
+def run_vmm(command, work, label, timeout, read_kvm_stats):
     """Starts `command`, waits until it exits or `timeout` passes, and
-    returns the marker times relative to the start."""
+    returns the marker times relative to the start. When the console shows
+    "Run /init", `read_kvm_stats()` reads KVM's per-vCPU statistics."""
     console_path = os.path.join(work, f"{label}.console.txt")
     stderr_path = os.path.join(work, f"{label}.stderr.txt")
+    kvm_stats = None
+    kvm_stats_error = None
     with open(stderr_path, "wb") as stderr:
         start = time.monotonic()
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=stderr)
         reader = ConsoleReader(process.stdout, [INIT_LINE, READY_LINE], console_path)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        deadline = start + timeout
+        while process.poll() is None and time.monotonic() < deadline:
+            if kvm_stats is None and kvm_stats_error is None and INIT_LINE in reader.seen:
+                try:
+                    kvm_stats = read_kvm_stats()
+                except (benchlib.QmpError, OSError) as error:
+                    # The guest may have reset the VM in the meantime.
+                    kvm_stats_error = str(error)
+            time.sleep(0.05)
+        if process.poll() is None:
             process.kill()
-            process.wait()
+        process.wait()
         end = time.monotonic()
         reader.thread.join(timeout=10)
     stderr_text = benchlib.read_text(stderr_path)
@@ -158,6 +221,8 @@ def run_vmm(command, work, label, timeout):
         "ready_s": since_start(reader.seen.get(READY_LINE)),
         "exit_s": end - start,
         "stats": parse_stats(stderr_text),
+        "kvm_stats_at_init": kvm_stats,
+        "kvm_stats_error": kvm_stats_error,
         "console": console_path,
         "kernel_command_line": kernel_command_line(console_path),
     }
@@ -181,14 +246,15 @@ def forkvmm_command(args, config, cmdline, overlay):
     return command
 
 
-def qemu_command(args, config, cmdline, overlay, cpu_flags):
+def qemu_command(args, config, cmdline, overlay, cpu_flags, qmp_path):
     # No network: -nodefaults creates no NIC. microvm with acpi=off puts the
     # virtio-mmio devices on the kernel command line itself.
     command = ["timeout", str(QEMU_TIMEOUT_SECONDS), "qemu-system-x86_64",
                "-M", "microvm,acpi=off", "-enable-kvm", "-cpu", cpu_flags,
                "-smp", str(args.cpus), "-m", f"{args.mem_mib}M",
                "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-               "-serial", "stdio", "-kernel", args.kernel, "-append", cmdline]
+               "-serial", "stdio", "-kernel", args.kernel, "-append", cmdline,
+               "-qmp", f"unix:{qmp_path},server=on,wait=off"]
     if config == "initramfs":
         command += ["-initrd", args.initrd]
     else:
@@ -314,6 +380,14 @@ def summarize_runs(runs):
     qemu_init = summary["qemu"]["init_s"]["median"]
     summary["init_ratio_forkvmm_over_qemu"] = (
         forkvmm_init / qemu_init if forkvmm_init and qemu_init else None)
+    for vmm in ("forkvmm", "qemu"):
+        samples = [sum_vcpu_stats(run["kvm_stats_at_init"]) for run in runs
+                   if run["vmm"] == vmm and run.get("kvm_stats_at_init")]
+        if samples:
+            names = sorted({name for sample in samples for name in sample})
+            summary[vmm]["kvm_stats_at_init_median"] = {
+                name: benchlib.median([sample.get(name, 0) for sample in samples])
+                for name in names}
     stats = [run["stats"] for run in runs if run["vmm"] == "forkvmm" and run["stats"]]
     if stats:
         exits = {}
@@ -404,11 +478,14 @@ def main():
                 overlay = make_overlay(args, work, label) if config == "disk" else None
                 if vmm == "forkvmm":
                     command = forkvmm_command(args, config, cmdline + disk_args, overlay)
+                    read_kvm_stats = functools.partial(forkvmm_kvm_stats, args.runtime_dir)
                 else:
+                    qmp_path = os.path.join(work, f"{label}.qmp")
                     command = qemu_command(args, config, qemu_cmdline + disk_args, overlay,
-                                           cpu_flags)
+                                           cpu_flags, qmp_path)
+                    read_kvm_stats = functools.partial(qemu_kvm_stats, qmp_path)
                 load = benchlib.loadavg()
-                run = run_vmm(command, work, label, args.timeout)
+                run = run_vmm(command, work, label, args.timeout, read_kvm_stats)
                 run.update({"vmm": vmm, "config": config, "index": index, "load_before": load,
                             "command": command})
                 runs[config].append(run)

@@ -191,6 +191,21 @@ def boot_tables(results):
                           sorted(stats["exits"].items(), key=lambda item: -item[1]))
         print(f"| {config} | {stats['guest_s']:.1f} | {stats['vmm_s']:.2f} | {exits} |")
 
+    print("\nKVM's statistics of the vCPUs (summed over vCPUs) when \"Run /init\" appeared, "
+          "medians. Counters that are zero for both VMMs are left out; `*_ns` are "
+          "nanoseconds:\n")
+    print("| configuration | statistic | forkvmm | QEMU |")
+    print("| --- | --- | --- | --- |")
+    for config, entry in results["configs"].items():
+        forkvmm = entry["summary"]["forkvmm"].get("kvm_stats_at_init_median", {})
+        qemu = entry["summary"]["qemu"].get("kvm_stats_at_init_median", {})
+        names = sorted(set(forkvmm) | set(qemu),
+                       key=lambda name: -max(forkvmm.get(name, 0), qemu.get(name, 0)))
+        for name in names:
+            values = [forkvmm.get(name), qemu.get(name)]
+            cells = [f"{value:,.0f}" if value is not None else "-" for value in values]
+            print(f"| {config} | {name} | {cells[0]} | {cells[1]} |")
+
 
 def disk_tables(results):
     print(f"Machine: {machine_line(results['machine'])}\n")
