@@ -381,6 +381,9 @@ void VmProcess::RunChild(const ChildPlan& plan, const snapshot::VmState& state) 
   child->ready_details_ = fmt::format("closed_fds_ms={:.3f} restored_ms={:.3f} attached_ms={:.3f}",
                                       cleaned_ms, restored_ms, attached_ms);
   VmExit exit = child->Run(plan.paused);
+  // Destroying the child's VM closes its disks, which writes back the qcow2
+  // metadata still cached; _exit alone left leaked clusters in the overlay.
+  child.reset();
   LOG_INFO("VM {} stopped: {}", record.id, exit.message);
   std::fflush(nullptr);
   _exit(exit.status);
