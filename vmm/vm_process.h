@@ -57,6 +57,11 @@ struct ForkRequest {
   std::string serial_log;
 };
 
+// Parses the arguments of the control command `fork`: "count" (an integer
+// from 1 to VmProcess::kMaxForkCount), "paused", "name" and "serial_log",
+// each optional. Returns an error naming the first invalid one.
+Result<ForkRequest> ParseForkRequest(const nlohmann::json& arguments);
+
 struct ForkedChild {
   std::string id;
   std::string name;

@@ -78,22 +78,48 @@ std::string ReadStatusLine(int fd, std::chrono::steady_clock::time_point deadlin
 
 }  // namespace
 
-CommandReply VmProcess::HandleFork(const json& arguments) {
+Result<ForkRequest> ParseForkRequest(const json& arguments) {
+  if (!arguments.is_object()) return Error("invalid fork arguments: expected a JSON object");
   ForkRequest request;
-  try {
-    int64_t count = arguments.value("count", int64_t{1});
-    if (count < 1 || count > kMaxForkCount) {
-      return CommandReply::Failure(
-          fmt::format("invalid fork count {}: expected 1 to {}", count, kMaxForkCount));
+  if (auto count = arguments.find("count"); count != arguments.end()) {
+    // Only integers: get<int64_t>() would truncate 2.5, and converting a
+    // float beyond int64_t's range such as 1e30 is undefined behavior.
+    bool in_range = false;
+    if (count->is_number_unsigned()) {
+      in_range = count->get<uint64_t>() >= 1 && count->get<uint64_t>() <= VmProcess::kMaxForkCount;
+    } else if (count->is_number_integer()) {
+      in_range = count->get<int64_t>() >= 1 && count->get<int64_t>() <= VmProcess::kMaxForkCount;
     }
-    request.count = static_cast<uint32_t>(count);
-    request.paused = arguments.value("paused", false);
-    request.name = arguments.value("name", "");
-    request.serial_log = arguments.value("serial_log", "");
-  } catch (const json::exception& e) {
-    return CommandReply::Failure(fmt::format("invalid fork arguments: {}", e.what()));
+    if (!in_range) {
+      return Error(fmt::format("invalid fork count {}: expected an integer from 1 to {}",
+                               count->dump(), VmProcess::kMaxForkCount));
+    }
+    request.count = count->get<uint32_t>();
   }
-  auto children = Fork(request);
+  if (auto paused = arguments.find("paused"); paused != arguments.end()) {
+    if (!paused->is_boolean()) {
+      return Error(
+          fmt::format("invalid fork argument paused {}: expected true or false", paused->dump()));
+    }
+    request.paused = paused->get<bool>();
+  }
+  for (auto [key, field] :
+       {std::pair{"name", &request.name}, std::pair{"serial_log", &request.serial_log}}) {
+    auto value = arguments.find(key);
+    if (value == arguments.end()) continue;
+    if (!value->is_string()) {
+      return Error(
+          fmt::format("invalid fork argument {} {}: expected a string", key, value->dump()));
+    }
+    *field = value->get<std::string>();
+  }
+  return request;
+}
+
+CommandReply VmProcess::HandleFork(const json& arguments) {
+  auto request = ParseForkRequest(arguments);
+  if (!request.ok()) return CommandReply::Failure(request.error().message());
+  auto children = Fork(*request);
   if (!children.ok()) return CommandReply::Failure(children.error().message());
   json list = json::array();
   for (const ForkedChild& child : *children) {
