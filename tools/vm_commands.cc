@@ -6,6 +6,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -82,17 +83,33 @@ int SimpleCommand(const std::string& name, const Target& target, const std::stri
 
 struct ForkArguments {
   Target target;
-  int64_t count = 1;
+  // Kept as text and parsed by ParseForkCount: CLI11 turns a number too
+  // large for int64_t into INT64_MAX, so its error would name a value the
+  // user never typed.
+  std::string count = "1";
   bool paused = false;
   std::string name;
   std::string serial_log;
   bool json_output = false;
 };
 
-int RunFork(const ForkArguments& args) {
-  if (args.count < 1 || args.count > VmProcess::kMaxForkCount) {
-    Fail("fork", fmt::format("invalid --count {}: expected 1 to {}", args.count,
+// Parses --count: a decimal number of children from 1 to kMaxForkCount.
+Result<uint32_t> ParseForkCount(const std::string& text) {
+  int64_t count = 0;
+  const char* end = text.data() + text.size();
+  auto [parsed_end, error] = std::from_chars(text.data(), end, count);
+  if (text.empty() || error != std::errc() || parsed_end != end || count < 1 ||
+      count > VmProcess::kMaxForkCount) {
+    return Error(fmt::format("invalid --count {}: expected an integer from 1 to {}", text,
                              VmProcess::kMaxForkCount));
+  }
+  return static_cast<uint32_t>(count);
+}
+
+int RunFork(const ForkArguments& args) {
+  Result<uint32_t> count = ParseForkCount(args.count);
+  if (!count.ok()) {
+    Fail("fork", count.error().message());
     return 1;
   }
   auto located = Locate(args.target);
@@ -105,7 +122,7 @@ int RunFork(const ForkArguments& args) {
     Fail("fork", client.error().message());
     return 1;
   }
-  json arguments = {{"count", args.count}, {"paused", args.paused}};
+  json arguments = {{"count", *count}, {"paused", args.paused}};
   if (!args.name.empty()) arguments["name"] = args.name;
   if (!args.serial_log.empty()) {
     // The child process resolves the path, so make it absolute here.
