@@ -38,6 +38,12 @@ import benchlib  # noqa: E402
 
 INIT_LINE = "Run /init as init process"
 READY_LINE = "forkvmm-guest: ready"
+PANIC_LINE = "Kernel panic - not syncing"
+# After a guest kernel panic, how long the VMM gets to end the run itself.
+# With panic=-1 reboot=k the guest resets the VM through the i8042, which
+# ends a forkvmm run. Under QEMU 7.2 microvm here the console stopped at the
+# panic and QEMU ran on until the boot timeout.
+PANIC_GRACE_SECONDS = 10
 QEMU_TIMEOUT_SECONDS = 1200
 
 # forkvmm's names of hidden CPU features that are QEMU -cpu property names
@@ -193,9 +199,16 @@ def run_vmm(command, work, label, timeout, read_kvm_stats):
         start = time.monotonic()
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=stderr)
-        reader = ConsoleReader(process.stdout, [INIT_LINE, READY_LINE], console_path)
+        reader = ConsoleReader(process.stdout, [INIT_LINE, READY_LINE, PANIC_LINE],
+                               console_path)
         deadline = start + timeout
+        stopped_after_panic = False
         while process.poll() is None and time.monotonic() < deadline:
+            panic = reader.seen.get(PANIC_LINE)
+            if panic is not None and time.monotonic() > panic + PANIC_GRACE_SECONDS:
+                process.terminate()
+                stopped_after_panic = True
+                break
             if kvm_stats is None and kvm_stats_error is None and INIT_LINE in reader.seen:
                 try:
                     kvm_stats = read_kvm_stats()
@@ -203,9 +216,13 @@ def run_vmm(command, work, label, timeout, read_kvm_stats):
                     # The guest may have reset the VM in the meantime.
                     kvm_stats_error = str(error)
             time.sleep(0.05)
-        if process.poll() is None:
+        if not stopped_after_panic and process.poll() is None:
             process.kill()
-        process.wait()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
         end = time.monotonic()
         reader.thread.join(timeout=10)
     stderr_text = benchlib.read_text(stderr_path)
@@ -219,7 +236,9 @@ def run_vmm(command, work, label, timeout, read_kvm_stats):
         "first_output_s": since_start(reader.first_output),
         "init_s": since_start(reader.seen.get(INIT_LINE)),
         "ready_s": since_start(reader.seen.get(READY_LINE)),
+        "panic_s": since_start(reader.seen.get(PANIC_LINE)),
         "exit_s": end - start,
+        "stopped_after_panic": stopped_after_panic,
         "stats": parse_stats(stderr_text),
         "kvm_stats_at_init": kvm_stats,
         "kvm_stats_error": kvm_stats_error,
@@ -457,6 +476,7 @@ def main():
         "forkvmm_cmdline_given": cmdline,
         "qemu_cmdline_given": qemu_cmdline,
         "qemu_cpu": cpu_flags,
+        "panic_grace_seconds": PANIC_GRACE_SECONDS,
         "cpuid_check": check_cpuid(args, work, cpu_flags),
         "configs": {},
     }
@@ -492,7 +512,8 @@ def main():
                 if overlay:
                     os.unlink(overlay)
                 init = f"{run['init_s']:.1f} s" if run["init_s"] is not None else "never"
-                print(f"{label}: Run /init after {init}, exit after {run['exit_s']:.1f} s "
+                ending = "stopped after the panic" if run["stopped_after_panic"] else "ended"
+                print(f"{label}: Run /init after {init}, {ending} after {run['exit_s']:.1f} s "
                       f"(load {load:.1f})", flush=True)
                 results["configs"][config] = {
                     "runs": runs[config], "summary": summarize_runs(runs[config]),

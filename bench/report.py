@@ -162,7 +162,9 @@ def boot_tables(results):
     print(f"Guest: {results['cpus']} vCPU, {results['mem_mib']} MiB; QEMU -cpu "
           f"`{results['qemu_cpu']}`\n")
     print("Seconds from VMM process start, median (min-max, n):\n")
-    print("| configuration | VMM | \"Run /init\" | \"forkvmm-guest: ready\" | process exit "
+    print(f"The VMM process ends when the guest resets the VM, or is stopped "
+          f"{results.get('panic_grace_seconds', 10)} s after the guest kernel's panic.\n")
+    print("| configuration | VMM | \"Run /init\" | \"forkvmm-guest: ready\" | VMM process end "
           "| forkvmm / QEMU (Run /init) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for config, entry in results["configs"].items():
