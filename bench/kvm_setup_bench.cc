@@ -4,6 +4,11 @@
 // touched guest RAM, the TSS and identity-map addresses, KVM_CREATE_IRQCHIP
 // and KVM_CREATE_VCPU. Closing the VM at the end is timed too.
 //
+// It also times fork() of this process, whose guest RAM is mapped and
+// touched, twice per run: with no KVM VM ("fork_no_vm") and with the VM
+// above and its memory slot over that RAM ("fork_with_vm"). No guest runs,
+// so KVM has no mappings of the RAM that a fork would have to drop.
+//
 // Each step reports wall time and the calling thread's CPU time. The
 // difference is time the thread did not run: waiting for a CPU or blocked
 // in the kernel (SRCU grace periods, for one).
@@ -12,7 +17,9 @@
 // Prints JSON: per step, median and 90th percentile of wall and CPU
 // milliseconds.
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -67,6 +74,19 @@ bool Fail(const std::string& operation, const forkvmm::Error& error) {
   return false;
 }
 
+// Times fork() in the parent, from the call until it returns. The child
+// exits at once, and reaping it is not timed.
+bool TimedFork(std::map<std::string, std::vector<Sample>>& samples, const std::string& name) {
+  pid_t pid = Timed(samples, name, [] { return fork(); });
+  if (pid == 0) _exit(0);
+  if (pid < 0) {
+    std::perror("kvm_setup_bench: fork");
+    return false;
+  }
+  waitpid(pid, nullptr, 0);
+  return true;
+}
+
 // One rebuild of a VM over `ram`. Returns false after printing the error.
 bool RebuildOnce(const forkvmm::kvm::KvmSystem& system, void* ram, uint64_t ram_bytes,
                  std::map<std::string, std::vector<Sample>>& samples) {
@@ -86,6 +106,7 @@ bool RebuildOnce(const forkvmm::kvm::KvmSystem& system, void* ram, uint64_t ram_
   if (!irqchip.ok()) return Fail("KVM_CREATE_IRQCHIP", irqchip.error());
   auto vcpu = Timed(samples, "create_vcpu", [&] { return vm->CreateVcpu(0); });
   if (!vcpu.ok()) return Fail("KVM_CREATE_VCPU", vcpu.error());
+  if (!TimedFork(samples, "fork_with_vm")) return false;
   // Closing the vCPU and then the VM: the kernel tears the VM down here.
   Timed(samples, "close_vm", [&] {
     { forkvmm::kvm::KvmVcpu closed_vcpu = std::move(*vcpu); }
@@ -131,6 +152,7 @@ int main(int argc, char** argv) {
   }
   std::map<std::string, std::vector<Sample>> samples;
   for (int run = 0; run < runs; ++run) {
+    if (!TimedFork(samples, "fork_no_vm")) return 1;
     if (!RebuildOnce(*system, ram, ram_bytes, samples)) return 1;
   }
 
@@ -138,7 +160,7 @@ int main(int argc, char** argv) {
               static_cast<unsigned long long>(mem_mib), hugepages ? "true" : "false", runs);
   const char* separator = "";
   for (const char* step : {"create_vm", "memory_slot", "tss_identity_map", "create_irqchip",
-                           "create_vcpu", "close_vm"}) {
+                           "create_vcpu", "close_vm", "fork_no_vm", "fork_with_vm"}) {
     std::vector<double> wall, cpu;
     for (const Sample& sample : samples[step]) {
       wall.push_back(sample.wall_ms);
