@@ -49,6 +49,11 @@
 #define RT_DEBUG_DEVICE_ADDRESS 0xfeb00000
 #define RT_DEBUG_CONSOLE_OFFSET 0x00
 #define RT_DEBUG_EXIT_OFFSET 0x08
+/* forkvmm's virtio-mmio windows: device i at RT_VIRTIO_MMIO_ADDRESS +
+ * i * RT_VIRTIO_MMIO_STRIDE, raising IOAPIC input 5 + i. The stub maps the
+ * 2 MiB page containing them for ring 3. */
+#define RT_VIRTIO_MMIO_ADDRESS 0xd0000000
+#define RT_VIRTIO_MMIO_STRIDE 0x1000
 #define RT_IOAPIC_ADDRESS 0xfec00000
 #define RT_LAPIC_ADDRESS 0xfee00000
 #define RT_DEBUGCON_PORT 0xe9

@@ -82,6 +82,9 @@ void rt_ioapic_write(uint32_t index, uint32_t value);
 void rt_ioapic_route(unsigned irq, unsigned cpu);
 /* Writes bytes to the 16550 UART at port 0x3f8, polling its line status. */
 void rt_serial_write(const char* text, size_t length);
+/* Returns the next byte the UART has received, or -1 if none is waiting.
+ * Costs one stub call, and a second one when a byte is waiting. */
+int rt_serial_read(void);
 
 /* Halts until the next interrupt. */
 void rt_wait_for_interrupt(void);

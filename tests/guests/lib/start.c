@@ -70,6 +70,13 @@ void rt_serial_write(const char* text, size_t length) {
   rt_call(RT_CALL_SERIAL_WRITE, (uint64_t)text, length, 0);
 }
 
+/* Line status bit 0 (data ready) is set while the receive buffer contains a
+ * byte (PC16550D data sheet, line status register). */
+int rt_serial_read(void) {
+  if (!(rt_inb(0x3f8 + 5) & 0x01)) return -1;
+  return rt_inb(0x3f8);
+}
+
 void rt_wait_for_interrupt(void) { rt_call(RT_CALL_WAIT_FOR_INTERRUPT, 0, 0, 0); }
 
 const char* rt_command_line(void) {

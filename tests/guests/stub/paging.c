@@ -1,5 +1,5 @@
 /*
- * The guest's final page tables: an identity map of RAM and of the three
+ * The guest's final page tables: an identity map of RAM and of the four
  * device pages, with the CPL0 part of the image and page 0 kept from ring 3.
  *
  * - First 2 MiB: 4 KiB pages. Page 0 is not present, so a null pointer
@@ -8,9 +8,9 @@
  * - Rest of the first 4 GiB: 2 MiB user pages wherever RAM is.
  * - RAM above 4 GiB: 1 GiB user pages when CPUID reports them, otherwise
  *   2 MiB pages while the pool of page directories lasts.
- * - The debug device's 2 MiB page is a user page, so ring 3 can report
- *   through it. The IOAPIC and LAPIC pages are supervisor-only. All three
- *   are uncached.
+ * - The 2 MiB pages of the debug device and of the virtio-mmio windows are
+ *   user pages, so ring 3 can report through the one and drive the other.
+ *   The IOAPIC and LAPIC pages are supervisor-only. All four are uncached.
  * One PML4 entry covers the first 512 GiB; RAM beyond what is mapped is
  * removed from rt_boot_info and counted in unmapped_ram_bytes.
  */
@@ -112,6 +112,7 @@ void stub_setup_paging(void) {
   fill_low_table();
   for (uint32_t i = 0; i < rt_boot_info.ram_range_count; ++i) map_ram(&rt_boot_info.ram[i]);
   map_device(RT_DEBUG_DEVICE_ADDRESS, PTE_USER);
+  map_device(RT_VIRTIO_MMIO_ADDRESS, PTE_USER);
   map_device(RT_IOAPIC_ADDRESS, 0);
   map_device(RT_LAPIC_ADDRESS, 0);
   __asm__ volatile("mov %0, %%cr3" : : "r"(stub_pml4) : "memory");
