@@ -4,6 +4,17 @@
 // fully handled, so its registers can be read and devices see no
 // half-finished access. Pause() returns once every vCPU is parked there.
 //
+// NOTE: KVM finishes an I/O or MMIO exit only when the vCPU next enters
+// KVM_RUN (the KVM API documentation's note on KVM_EXIT_IO and
+// KVM_EXIT_MMIO). A vCPU parked right after handling such an exit has not
+// re-entered: after an IN, RIP still points at the instruction and RAX
+// lacks its result. With VMX or SVM, RIP also stays on an OUT until then
+// (complete_fast_pio_out in Linux's arch/x86/kvm/x86.c). A fork child
+// restored from that state executes the instruction again. In 2 of 85
+// paused forks taken under kvm_pvm while the guest read UART input, the
+// child lost an input byte, as this predicts. The vCPU loop should park
+// only after a KVM_RUN that ran with immediate_exit set.
+//
 // Thread safety: all methods are safe from any thread.
 #pragma once
 
