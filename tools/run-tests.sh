@@ -50,7 +50,8 @@ fi
 
 if want e2e; then
   section "end-to-end on the Linux guest"
-  ctest --test-dir build -L '^e2e$' --output-on-failure || failed+=(e2e)
+  # Verbose, so the boot and fork times and any skip reason are shown.
+  ctest --test-dir build -L '^e2e$' -V || failed+=(e2e)
 fi
 
 section "summary"
