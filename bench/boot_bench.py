@@ -39,10 +39,14 @@ import benchlib  # noqa: E402
 INIT_LINE = "Run /init as init process"
 READY_LINE = "forkvmm-guest: ready"
 PANIC_LINE = "Kernel panic - not syncing"
-# After a guest kernel panic, how long the VMM gets to end the run itself.
-# With panic=-1 reboot=k the guest resets the VM through the i8042, which
-# ends a forkvmm run. Under QEMU 7.2 microvm here the console stopped at the
-# panic and QEMU ran on until the boot timeout.
+# QEMU's message when KVM_RUN fails with KVM_EXIT_INTERNAL_ERROR. QEMU then
+# keeps the VM stopped and the process alive.
+KVM_ERROR_LINE = "KVM internal error"
+# After a guest kernel panic, or KVM_ERROR_LINE on the VMM's stderr, how
+# long the VMM gets to end the run itself. With panic=-1 reboot=k the guest
+# resets the VM through the i8042, which ends a forkvmm run. Under QEMU 7.2
+# microvm here the console stopped at the panic and QEMU ran on until the
+# boot timeout.
 PANIC_GRACE_SECONDS = 10
 QEMU_TIMEOUT_SECONDS = 1200
 
@@ -205,9 +209,12 @@ def run_vmm(command, work, label, timeout, read_kvm_stats):
                                console_path)
         deadline = start + timeout
         stopped_after_panic = False
+        kvm_error_seen = None
         while process.poll() is None and time.monotonic() < deadline:
-            panic = reader.seen.get(PANIC_LINE)
-            if panic is not None and time.monotonic() > panic + PANIC_GRACE_SECONDS:
+            if kvm_error_seen is None and KVM_ERROR_LINE in benchlib.read_text(stderr_path):
+                kvm_error_seen = time.monotonic()
+            stop_from = reader.seen.get(PANIC_LINE) or kvm_error_seen
+            if stop_from is not None and time.monotonic() > stop_from + PANIC_GRACE_SECONDS:
                 process.terminate()
                 stopped_after_panic = True
                 break
@@ -240,7 +247,9 @@ def run_vmm(command, work, label, timeout, read_kvm_stats):
         "ready_s": since_start(reader.seen.get(READY_LINE)),
         "panic_s": since_start(reader.seen.get(PANIC_LINE)),
         "exit_s": end - start,
+        # Stopped PANIC_GRACE_SECONDS after a guest panic or a KVM internal error.
         "stopped_after_panic": stopped_after_panic,
+        "kvm_internal_error": KVM_ERROR_LINE in stderr_text,
         "stats": parse_stats(stderr_text),
         "kvm_stats_at_init": kvm_stats,
         "kvm_stats_error": kvm_stats_error,
@@ -514,7 +523,8 @@ def main():
                 if overlay:
                     os.unlink(overlay)
                 init = f"{run['init_s']:.1f} s" if run["init_s"] is not None else "never"
-                ending = "stopped after the panic" if run["stopped_after_panic"] else "ended"
+                ending = ("stopped after a panic or KVM error" if run["stopped_after_panic"]
+                          else "ended")
                 print(f"{label}: Run /init after {init}, {ending} after {run['exit_s']:.1f} s "
                       f"(load {load:.1f})", flush=True)
                 results["configs"][config] = {

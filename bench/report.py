@@ -163,7 +163,8 @@ def boot_tables(results):
           f"`{results['qemu_cpu']}`\n")
     print("Seconds from VMM process start, median (min-max, n):\n")
     print(f"The VMM process ends when the guest resets the VM, or is stopped "
-          f"{results.get('panic_grace_seconds', 10)} s after the guest kernel's panic.\n")
+          f"{results.get('panic_grace_seconds', 10)} s after the guest kernel's panic or a "
+          f"KVM internal error.\n")
     print("| configuration | VMM | \"Run /init\" | \"forkvmm-guest: ready\" | VMM process end "
           "| forkvmm / QEMU (Run /init) |")
     print("| --- | --- | --- | --- | --- | --- |")
