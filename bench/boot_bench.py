@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -193,6 +194,14 @@ def sum_vcpu_stats(vcpus):
     return total
 
 
+def signal_group(process, number):
+    """Sends signal `number` to the process group that `process` leads."""
+    try:
+        os.killpg(process.pid, number)
+    except ProcessLookupError:
+        pass
+
+
 def run_vmm(command, work, label, timeout, read_kvm_stats):
     """Starts `command`, waits until it exits or `timeout` passes, and
     returns the marker times relative to the start. When the console shows
@@ -203,8 +212,10 @@ def run_vmm(command, work, label, timeout, read_kvm_stats):
     kvm_stats_error = None
     with open(stderr_path, "wb") as stderr:
         start = time.monotonic()
+        # A session of its own, so that stopping it also stops the QEMU that
+        # `timeout` started: killing only `timeout` left QEMU running.
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=stderr)
+                                   stderr=stderr, start_new_session=True)
         reader = ConsoleReader(process.stdout, [INIT_LINE, READY_LINE, PANIC_LINE],
                                console_path)
         deadline = start + timeout
@@ -215,7 +226,7 @@ def run_vmm(command, work, label, timeout, read_kvm_stats):
                 kvm_error_seen = time.monotonic()
             stop_from = reader.seen.get(PANIC_LINE) or kvm_error_seen
             if stop_from is not None and time.monotonic() > stop_from + PANIC_GRACE_SECONDS:
-                process.terminate()
+                signal_group(process, signal.SIGTERM)
                 stopped_after_panic = True
                 break
             if kvm_stats is None and kvm_stats_error is None and INIT_LINE in reader.seen:
@@ -226,12 +237,14 @@ def run_vmm(command, work, label, timeout, read_kvm_stats):
                     kvm_stats_error = str(error)
             time.sleep(0.05)
         if not stopped_after_panic and process.poll() is None:
-            process.kill()
+            signal_group(process, signal.SIGKILL)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            process.kill()
+            signal_group(process, signal.SIGKILL)
             process.wait()
+        # Whatever is left of the group, such as QEMU after `timeout` exited.
+        signal_group(process, signal.SIGKILL)
         end = time.monotonic()
         reader.thread.join(timeout=10)
     stderr_text = benchlib.read_text(stderr_path)
