@@ -1,9 +1,10 @@
 #!/usr/bin/python3
 """Print the Markdown result tables of bench/README.md from the JSON files
-that fork_bench.py, boot_bench.py and disk_bench.py write.
+that fork_bench.py, boot_bench.py and disk_bench.py write, and from the
+kvm_setup_bench output that run.sh saves.
 
 Usage: bench/report.py [--fork bench/results/fork.json] [--boot bench/results/boot.json]
-                       [--disk bench/results/disk.json]
+                       [--disk bench/results/disk.json] [--setup bench/results/kvm_setup.txt]
 """
 
 import argparse
@@ -231,11 +232,47 @@ def disk_tables(results):
               f"| {rates[1]} | {entry['forkvmm_over_qemu_img']:.2f} |")
 
 
+def load_setup(path):
+    """Reads kvm_setup.txt: a comment line, then one JSON object per run."""
+    if not path or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        header = f.readline().lstrip("# ").strip()
+        text = f.read()
+    decoder = json.JSONDecoder()
+    runs = []
+    position = 0
+    while True:
+        while position < len(text) and text[position].isspace():
+            position += 1
+        if position >= len(text):
+            break
+        run, position = decoder.raw_decode(text, position)
+        runs.append(run)
+    return header, runs
+
+
+def setup_tables(setup):
+    header, runs = setup
+    print(f"Run: {header}\n")
+    steps = list(runs[0]["steps"])
+    print("Milliseconds, wall-clock median / CPU median (p90 in results/kvm_setup.txt):\n")
+    print("| guest RAM | pages | runs | " + " | ".join(steps) + " |")
+    print("| --- | --- | --- | " + " | ".join("---" for _ in steps) + " |")
+    for run in runs:
+        cells = [f"{run['steps'][step]['wall_median_ms']:.2f} / "
+                 f"{run['steps'][step]['cpu_median_ms']:.2f}" for step in steps]
+        pages = "THP" if run["hugepages"] else "4 KiB"
+        print(f"| {size_label(run['mem_mib'])} | {pages} | {run['runs']} | " + " | ".join(cells)
+              + " |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fork", default="bench/results/fork.json")
     parser.add_argument("--boot", default="bench/results/boot.json")
     parser.add_argument("--disk", default="bench/results/disk.json")
+    parser.add_argument("--setup", default="bench/results/kvm_setup.txt")
     args = parser.parse_args()
     fork = load(args.fork)
     if fork:
@@ -249,6 +286,10 @@ def main():
     if disk:
         print("\n## qcow2 I/O\n")
         disk_tables(disk)
+    setup = load_setup(args.setup)
+    if setup:
+        print("\n## KVM setup\n")
+        setup_tables(setup)
 
 
 if __name__ == "__main__":
