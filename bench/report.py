@@ -104,8 +104,14 @@ def latency_tables(results):
             if "child_main_run_queue_wait_ms" in samples[0]:
                 wait = median_of(lambda s: s["child_main_run_queue_wait_ms"])
                 on_cpu = median_of(lambda s: s["child_main_on_cpu_ms"])
+                # The child's life until its report, less its time on a CPU
+                # and in the run queue: time it slept or blocked. schedstat
+                # is read after the reply, so this can come out below zero.
+                blocked = median_of(lambda s: s["ready_ms"] - born(s) - s["child_main_on_cpu_ms"]
+                                    - s["child_main_run_queue_wait_ms"])
                 print(f"|  | (child main thread until the reply: {on_cpu:.2f} ms on a CPU, "
-                      f"{wait:.2f} ms runnable but waiting) | | | | | | | | | |")
+                      f"{wait:.2f} ms runnable but waiting, {blocked:.2f} ms neither) "
+                      "| | | | | | | | | |")
 
 
 

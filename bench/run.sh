@@ -35,7 +35,8 @@ for benchmark in "${benchmarks[@]}"; do
   case $benchmark in
     setup)
       {
-        echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+        echo "# commit $(git rev-parse --short HEAD), $(date -u +%Y-%m-%dT%H:%M:%SZ)," \
+          "$(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
         for args in "--mem-mib 128" "--mem-mib 512" "--mem-mib 2048" "--mem-mib 512 --no-hugepages"; do
           # shellcheck disable=SC2086
           "$build/bench/kvm_setup_bench" $args --runs 30
