@@ -66,7 +66,8 @@ struct ForkedChild {
   std::string id;
   std::string name;
   pid_t pid = 0;
-  // From the fork request until the child's vCPU threads ran.
+  // From the fork request until the child reported its vCPU threads
+  // started (parked, with --paused); the guest may not have run yet.
   double ready_ms = 0;
   // The child's own phase timings, "name_ms=value ..." (may be empty).
   std::string details;
@@ -79,7 +80,7 @@ struct ForkTiming {
   double capture_ms = 0;      // disks quiesced, state captured, disk layers frozen
   double fork_ms = 0;         // the fork() calls
   double parent_held_ms = 0;  // from the pause request until this VM resumed
-  double all_ready_ms = 0;    // from the request until every child's vCPUs ran
+  double all_ready_ms = 0;    // from the request until every child reported ready_ms
 };
 
 class VmProcess {
