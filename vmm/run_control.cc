@@ -2,8 +2,15 @@
 
 namespace forkvmm {
 
-bool RunControl::WaitUntilRunnable(size_t, const std::function<void()>& clear_exit_request) {
+bool RunControl::WaitUntilRunnable(size_t, const std::function<void()>& clear_exit_request,
+                                   const std::function<void()>& before_park) {
   std::unique_lock lock(mutex_);
+  if (request_ != Request::kRun && before_park) {
+    // If a Resume() comes meanwhile, before_park has done no harm.
+    lock.unlock();
+    before_park();
+    lock.lock();
+  }
   if (request_ == Request::kPause) {
     ++parked_;
     changed_.notify_all();

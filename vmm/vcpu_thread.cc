@@ -86,10 +86,23 @@ void VcpuThread::Loop() {
   pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
 
   auto clear = [this] { vcpu_.ClearExitRequest(); };
-  while (control_.WaitUntilRunnable(vcpu_.id(), clear)) {
+  // Set after an I/O or MMIO exit, which KVM completes at the next KVM_RUN.
+  bool completion_pending = false;
+  auto complete_pending_exit = [this, &completion_pending] {
+    if (!completion_pending) return;
+    vcpu_.RequestExit();
+    Status status = vcpu_.Run();
+    completion_pending = false;
+    if (!status.ok() && status.error().errnum() != EINTR) {
+      LOG_WARNING("vCPU {}: completing the last I/O exit before parking failed: {}", vcpu_.id(),
+                  status.error().message());
+    }
+  };
+  while (control_.WaitUntilRunnable(vcpu_.id(), clear, complete_pending_exit)) {
     uint64_t entered = NowNanoseconds();
     Status status = vcpu_.Run();
     uint64_t exited = NowNanoseconds();
+    completion_pending = false;
     if (!status.ok()) {
       if (status.error().errnum() == EINTR || status.error().errnum() == EAGAIN) {
         std::lock_guard lock(stats_mutex_);
@@ -102,6 +115,8 @@ void VcpuThread::Loop() {
     }
     bool keep_running = HandleExit();
     uint64_t handled = NowNanoseconds();
+    uint32_t handled_reason = vcpu_.run_state()->exit_reason;
+    completion_pending = handled_reason == KVM_EXIT_IO || handled_reason == KVM_EXIT_MMIO;
     {
       std::lock_guard lock(stats_mutex_);
       uint32_t reason = vcpu_.run_state()->exit_reason;
