@@ -257,6 +257,11 @@ TEST_F(VirtioBlockTest, ReadReturnsDiskContents) {
   EXPECT_EQ(status, VIRTIO_BLK_S_OK);
   const vring_used_elem element = ring_.UsedElement(0);
   EXPECT_EQ(element.len, 8 * 512 + 1u);
+  // The worker publishes the used element before it raises the interrupt.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (irq_->count == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   EXPECT_GT(irq_->count, 0);
   EXPECT_EQ(Read32(VIRTIO_MMIO_INTERRUPT_STATUS) & VIRTIO_MMIO_INT_VRING,
             uint32_t{VIRTIO_MMIO_INT_VRING});
