@@ -12,9 +12,9 @@
 // callback), so a fork child does not execute the instruction again.
 //
 // NOTE: a fork child can still lose or garble a byte of UART input that
-// was queued at the fork: 1 and 3 of 85 paused forks under kvm_pvm (a
-// stray 0x02 byte once), with this completion in place; 2 of 85 without.
-// The cause is not known yet.
+// was queued at the fork. With this completion in place, 1 and 3 of 85
+// paused forks under kvm_pvm did so (once with a stray 0x02 byte). The
+// cause is not known yet.
 //
 // Thread safety: all methods are safe from any thread.
 #pragma once

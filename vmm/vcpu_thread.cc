@@ -183,8 +183,8 @@ bool VcpuThread::HandleExit() {
 
 // kvm_pvm's instruction emulator fails on FWAIT at CPL0, which Linux runs
 // in fpu__drop() at every task exit. FWAIT only raises a pending unmasked
-// x87 exception as #MF; with none pending it does nothing, so stepping over
-// it is exact. With one pending, the VM still ends with the internal error.
+// x87 exception as #MF, so with none pending, stepping over it is exact.
+// With one pending, the VM still ends with the internal error.
 Result<bool> VcpuThread::StepOverFailedFwait() {
   ASSIGN_OR_RETURN(kvm_regs regs, vcpu_.GetRegs());
   ASSIGN_OR_RETURN(kvm_sregs sregs, vcpu_.GetSregs());

@@ -100,10 +100,10 @@ class Session:
                 for cpu in cpus]
 
     def wait_for(self, vm_id, text, timeout, saved_logs=None, silence_limit=600):
-        """Waits until `text` appears in the VM's serial log; returns the log.
-        Fails early when the VM ends, or when its console stays silent for
-        `silence_limit` seconds (on software virtualization, a heavily loaded
-        host can leave a 2-vCPU guest handling nothing but timer ticks)."""
+        """Waits until `text` appears in the VM's serial log and returns the
+        log. Fails early when the VM ends, or when its console stays silent
+        for `silence_limit` seconds: on software virtualization, a heavily
+        loaded host can leave a 2-vCPU guest handling only timer ticks."""
         deadline = time.monotonic() + timeout
         last_size, last_growth = -1, time.monotonic()
         while time.monotonic() < deadline:
