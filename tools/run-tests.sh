@@ -14,6 +14,7 @@ stages=${FORKVMM_TESTS:-"unit integration img asan fuzz e2e"}
 want() { [[ " $stages " == *" $1 "* ]]; }
 section() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
 failed=()
+reports=()
 
 section "host setup"
 bash tools/setup-host.sh
@@ -31,7 +32,9 @@ for label in unit integration img; do want "$label" && labels+=("$label"); done
 if [[ ${#labels[@]} -gt 0 ]]; then
   regex=$(IFS='|'; echo "^(${labels[*]})$")
   section "tests: ${labels[*]}"
-  ctest --test-dir build -L "$regex" -j2 --output-on-failure --timeout 600 || failed+=("${labels[*]}")
+  reports+=("$top/build/ctest-main.xml")
+  ctest --test-dir build -L "$regex" -j2 --output-on-failure --timeout 600 \
+    --output-junit "${reports[-1]}" || failed+=("${labels[*]}")
 fi
 
 if want asan; then
@@ -40,7 +43,8 @@ if want asan; then
     -DFORKVMM_BENCH=OFF -DCMAKE_BUILD_TYPE=Debug >/dev/null
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
     ctest --test-dir build-asan -L '^(unit|integration|img)$' -j2 --output-on-failure \
-    --timeout 900 || failed+=(asan)
+    --timeout 900 --output-junit "$top/build-asan/ctest-asan.xml" || failed+=(asan)
+  reports+=("$top/build-asan/ctest-asan.xml")
 fi
 
 if want fuzz && [[ -f tests/fuzz/run_fuzz.sh ]]; then
@@ -51,11 +55,16 @@ fi
 if want e2e; then
   section "end-to-end on the Linux guest"
   # Verbose, so the boot and fork times and any skip reason are shown.
-  ctest --test-dir build -L '^e2e$' -V || failed+=(e2e)
+  reports+=("$top/build/ctest-e2e.xml")
+  ctest --test-dir build -L '^e2e$' -V --output-junit "${reports[-1]}" || failed+=(e2e)
 fi
 
 section "summary"
 if [[ ${#failed[@]} -gt 0 ]]; then
+  # Repeat each failure here: CI shows only the end of this log.
+  for report in "${reports[@]}"; do
+    [[ -f $report ]] && python3 tools/ctest-failures.py "$report"
+  done
   echo "FAILED: ${failed[*]}"
   exit 1
 fi
