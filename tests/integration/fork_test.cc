@@ -231,23 +231,27 @@ class ForkTest : public ::testing::Test {
     return environment;
   }
 
-  // Sets how long the whole test may take. Every wait and every command
-  // fails once the budget is spent.
-  void SetBudget(std::chrono::seconds budget) { deadline_ = Clock::now() + budget; }
+  // Sets how long the whole test may take, scaled by ScaledTimeout. Every
+  // wait and every command fails once the budget is spent.
+  void SetBudget(std::chrono::seconds budget) {
+    deadline_ = Clock::now() + ScaledTimeout(budget);
+  }
 
   std::chrono::milliseconds Remaining() const {
     return std::max(0ms, std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ -
                                                                                Clock::now()));
   }
 
-  // Runs `forkvmm <arguments>`, bounded by 15 s and the budget.
+  // Runs `forkvmm <arguments>`, bounded by the budget and by 15 s (scaled).
   ProcessResult Forkvmm(std::vector<std::string> arguments,
                         const std::vector<std::string>& prefix = {}) {
     std::vector<std::string> argv = prefix;
     argv.push_back(ForkvmmPath());
     argv.insert(argv.end(), arguments.begin(), arguments.end());
-    auto timeout = std::clamp<std::chrono::milliseconds>(Remaining(), 1000ms, 15000ms);
-    return RunProcess(argv, {.timeout = timeout, .environment = Environment()});
+    auto timeout =
+        std::clamp<std::chrono::milliseconds>(Remaining(), 1000ms, ScaledTimeout(15000ms));
+    return RunProcess(argv,
+                      {.timeout = timeout, .scale_timeout = false, .environment = Environment()});
   }
 
   // Boots `guest` detached with 64 MiB and returns its id, or "" after a

@@ -7,9 +7,10 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <utility>
+#include <cstdlib>
 #include <cstring>
 #include <sstream>
+#include <utility>
 
 #include <gtest/gtest.h>
 
@@ -19,6 +20,18 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 constexpr std::chrono::milliseconds kPipeGracePeriod{2000};
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr int kBuildTimeScale = 3;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr int kBuildTimeScale = 3;
+#else
+constexpr int kBuildTimeScale = 1;
+#endif
+#else
+constexpr int kBuildTimeScale = 1;
+#endif
 
 // Reads what is available from `fd` into `out` and returns false at end of
 // file or on an error other than EINTR/EAGAIN.
@@ -71,6 +84,22 @@ std::vector<char*> PointersTo(std::vector<std::string>& strings) {
 
 }  // namespace
 
+std::chrono::milliseconds ScaledTimeout(std::chrono::milliseconds timeout) {
+  static const int scale = [] {
+    const char* text = std::getenv("FORKVMM_TEST_TIME_SCALE");
+    if (text == nullptr || *text == '\0') return kBuildTimeScale;
+    char* end = nullptr;
+    long value = std::strtol(text, &end, 10);
+    if (*end != '\0' || value < 1 || value > 100) {
+      ADD_FAILURE() << "invalid FORKVMM_TEST_TIME_SCALE \"" << text
+                    << "\": expected an integer from 1 to 100";
+      return kBuildTimeScale;
+    }
+    return static_cast<int>(value);
+  }();
+  return timeout * scale;
+}
+
 std::string ProcessResult::Describe() const {
   std::ostringstream out;
   if (timed_out) {
@@ -84,7 +113,9 @@ std::string ProcessResult::Describe() const {
   return out.str();
 }
 
-ProcessResult RunProcess(const std::vector<std::string>& argv, const ProcessOptions& options) {
+ProcessResult RunProcess(const std::vector<std::string>& argv, const ProcessOptions& requested) {
+  ProcessOptions options = requested;
+  if (requested.scale_timeout) options.timeout = ScaledTimeout(requested.timeout);
   ProcessResult result;
   int stdout_pipe[2];
   int stderr_pipe[2];
@@ -137,6 +168,10 @@ ProcessResult RunProcess(const std::vector<std::string>& argv, const ProcessOpti
     if (poll(fds, 2, wait_ms) < 0 && errno != EINTR) break;
     if (stdout_open && fds[0].revents) stdout_open = Drain(stdout_pipe[0], result.standard_output);
     if (stderr_open && fds[1].revents) stderr_open = Drain(stderr_pipe[0], result.standard_error);
+    if (!terminated && options.terminate_when && options.terminate_when(result.standard_output)) {
+      kill(pid, SIGTERM);
+      terminated = true;
+    }
   }
   close(stdout_pipe[0]);
   close(stderr_pipe[0]);

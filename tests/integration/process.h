@@ -2,6 +2,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -9,10 +10,15 @@
 namespace forkvmm::integration {
 
 struct ProcessOptions {
-  // The child is killed with SIGKILL when this much time has passed.
+  // The child is killed with SIGKILL when this much time, scaled by
+  // ScaledTimeout unless scale_timeout is false, has passed.
   std::chrono::milliseconds timeout{10000};
+  bool scale_timeout = true;
   // If set, the child receives SIGTERM after this much time.
   std::optional<std::chrono::milliseconds> terminate_after;
+  // If set, the child receives SIGTERM as soon as this returns true for the
+  // standard output captured so far. It is called after each read.
+  std::function<bool(const std::string& standard_output)> terminate_when;
   // "NAME=value" entries added to (or replacing those in) the environment.
   std::vector<std::string> environment;
 };
@@ -30,7 +36,13 @@ struct ProcessResult {
   std::string Describe() const;
 };
 
+// Returns `timeout` multiplied by the test time scale: 3 in builds with
+// AddressSanitizer, which run forkvmm several times slower, else 1, or the
+// value of FORKVMM_TEST_TIME_SCALE (a positive integer) when it is set.
+std::chrono::milliseconds ScaledTimeout(std::chrono::milliseconds timeout);
+
 // Runs argv[0] (a path, not searched in PATH) with stdin from /dev/null.
+// The timeout is scaled by ScaledTimeout, but terminate_after is not.
 // Fails the calling test through ADD_FAILURE if the process cannot start.
 ProcessResult RunProcess(const std::vector<std::string>& argv, const ProcessOptions& options);
 
