@@ -193,10 +193,11 @@ std::array<std::vector<CounterLine>, 2> ParseCounterLines(const std::string& out
   std::array<std::vector<CounterLine>, 2> progress;
   std::vector<std::string> lines = SplitLines(output);
   if (!output.ends_with('\n') && !lines.empty()) lines.pop_back();
+  static const std::regex kPattern(R"(counter: cpu ([01]) tick (\d+) value (\d+))");
   for (const std::string& line : lines) {
-    std::vector<std::string> fields = Match(line, R"(counter: cpu ([01]) tick (\d+) value (\d+))");
-    if (fields.size() != 3) continue;
-    progress[std::stoi(fields[0])].push_back({std::stoull(fields[1]), std::stoull(fields[2])});
+    std::smatch fields;
+    if (!std::regex_match(line, fields, kPattern)) continue;
+    progress[std::stoi(fields[1])].push_back({std::stoull(fields[2]), std::stoull(fields[3])});
   }
   return progress;
 }
