@@ -11,10 +11,17 @@
 // KVM_RUN that has immediate_exit set before it parks (the `before_park`
 // callback), so a fork child does not execute the instruction again.
 //
-// NOTE: a fork child can still lose or garble a byte of UART input that
-// was queued at the fork. With this completion in place, 1 and 3 of 85
-// paused forks under kvm_pvm did so (once with a stray 0x02 byte). The
-// cause is not known yet.
+// NOTE: a fork child can still skip an INT3 that the guest executed just
+// before the pause, and it then goes on with RAX unchanged. Under kvm_pvm,
+// the fork_probe children that read a stray 0x02 byte from the UART were
+// all captured at CPL 3, with RIP just past the INT3 of the stub's
+// port-read call. RAX still held that call's number, 2. KVM_GET_VCPU_EVENTS
+// reported no exception there because it leaves queued software exceptions
+// out, expecting RIP to still point at the instruction, but an INT3 traps
+// with RIP past it. A KVM_RUN with a signal already pending did not deliver
+// the #BP in those captures either, although KVM processed a pending
+// KVM_REQ_EVENT in it, so a fix probably needs a real guest entry before
+// the vCPU parks.
 //
 // Thread safety: all methods are safe from any thread.
 #pragma once
