@@ -7,9 +7,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
+
 #include <nlohmann/json.hpp>
 
 #include <fmt/core.h>
@@ -29,7 +35,8 @@ json ToJson(const VmRecord& record) {
               {"ram_bytes", record.ram_bytes},
               {"vcpu_count", record.vcpu_count},
               {"created_unix_ms", record.created_unix_ms},
-              {"disks", record.disks}};
+              {"disks", record.disks},
+              {"pid_start_ticks", record.pid_start_ticks}};
 }
 
 Result<VmRecord> FromJson(const json& value) {
@@ -43,23 +50,69 @@ Result<VmRecord> FromJson(const json& value) {
     record.vcpu_count = value.value("vcpu_count", 0u);
     record.created_unix_ms = value.value("created_unix_ms", int64_t{0});
     record.disks = value.value("disks", std::vector<std::string>{});
+    record.pid_start_ticks = value.value("pid_start_ticks", uint64_t{0});
     return record;
   } catch (const json::exception& e) {
     return Error(fmt::format("invalid VM record: {}", e.what()));
   }
 }
 
-bool ValidId(const std::string& id) {
-  if (id.empty() || id.size() > 64) return false;
-  for (char c : id) {
-    if (!std::isalnum(static_cast<unsigned char>(c))) return false;
-  }
-  return true;
-}
+// The files a VM process creates in its directory; RemoveVm removes only
+// these.
+constexpr const char* kVmFiles[] = {"vm.json",      "vm.json.tmp", "control.sock",
+                                    "console.sock", "serial.log",  "vmm.log"};
+
+constexpr size_t kMaxNameLength = 64;
 
 }  // namespace
 
-bool ProcessAlive(pid_t pid) {
+bool IsVmId(const std::string& id) {
+  if (id.size() != kIdLength) return false;
+  return std::all_of(id.begin(), id.end(),
+                     [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+Status ValidateVmName(const std::string& name) {
+  if (name.empty() || name.size() > kMaxNameLength) {
+    return Error(
+        fmt::format("invalid VM name '{}': expected 1 to {} characters", name, kMaxNameLength));
+  }
+  auto allowed = [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+  };
+  if (!std::isalnum(static_cast<unsigned char>(name[0])) ||
+      !std::all_of(name.begin(), name.end(), allowed)) {
+    return Error(fmt::format(
+        "invalid VM name '{}': use letters, digits, '.', '_' and '-', starting with a letter or "
+        "digit",
+        name));
+  }
+  if (IsVmId(name)) {
+    return Error(fmt::format("invalid VM name '{}': {} hex digits would read as a VM id", name,
+                             kIdLength));
+  }
+  return Ok();
+}
+
+uint64_t ProcessStartTicks(pid_t pid) {
+  std::ifstream stat(fmt::format("/proc/{}/stat", pid));
+  std::string line;
+  if (!std::getline(stat, line)) return 0;
+  // The command name in field 2 may contain spaces and ')', so the fields
+  // are counted from the last ')': field 3 (state) is the first after it.
+  size_t close = line.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::istringstream fields(line.substr(close + 1));
+  std::string field;
+  for (int number = 3; number <= 22; ++number) {
+    if (!(fields >> field)) return 0;
+  }
+  char* end = nullptr;
+  uint64_t ticks = std::strtoull(field.c_str(), &end, 10);
+  return *end == '\0' ? ticks : 0;
+}
+
+bool ProcessAlive(pid_t pid, uint64_t start_ticks) {
   if (pid <= 0) return false;
   if (kill(pid, 0) != 0 && errno == ESRCH) return false;
   // A zombie still answers kill(0); /proc tells it apart.
@@ -67,7 +120,10 @@ bool ProcessAlive(pid_t pid) {
   std::string line;
   if (!std::getline(stat, line)) return false;
   size_t close = line.rfind(')');
-  return close == std::string::npos || close + 2 >= line.size() || line[close + 2] != 'Z';
+  if (close != std::string::npos && close + 2 < line.size() && line[close + 2] == 'Z') {
+    return false;
+  }
+  return start_ticks == 0 || ProcessStartTicks(pid) == start_ticks;
 }
 
 std::string RuntimeDirectory::DefaultRoot() {
@@ -83,11 +139,15 @@ std::string RuntimeDirectory::DefaultRoot() {
 Result<RuntimeDirectory> RuntimeDirectory::Open(const std::string& root) {
   std::string path = root.empty() ? DefaultRoot() : root;
   std::error_code error;
-  std::filesystem::create_directories(path, error);
+  bool created = std::filesystem::create_directories(path, error);
   if (error) {
     return Error(fmt::format("cannot create runtime directory {}: {}", path, error.message()));
   }
-  chmod(path.c_str(), 0700);
+  // Only a directory forkvmm created is made private: an existing one may
+  // be shared with other files and keeps the mode its owner gave it.
+  if (created && chmod(path.c_str(), 0700) != 0) {
+    return Error::FromErrno("chmod", path);
+  }
   if (access(path.c_str(), W_OK | X_OK) != 0) {
     return Error::FromErrno("runtime directory", path + " is not writable");
   }
@@ -110,7 +170,9 @@ std::string RuntimeDirectory::NewId() const {
 }
 
 Status RuntimeDirectory::CreateVm(const VmRecord& record) const {
+  if (!IsVmId(record.id)) return Error(fmt::format("invalid VM id '{}'", record.id));
   if (!record.name.empty()) {
+    TRY(ValidateVmName(record.name));
     for (const VmRecord& other : List()) {
       if (other.name == record.name) {
         return Error(fmt::format("a VM named '{}' already exists (id {})", record.name, other.id));
@@ -125,9 +187,11 @@ Status RuntimeDirectory::CreateVm(const VmRecord& record) const {
 Status RuntimeDirectory::WriteRecord(const VmRecord& record) const {
   std::string directory = VmDirectory(record.id);
   std::string temporary = directory + "/vm.json.tmp";
+  VmRecord stored = record;
+  stored.pid_start_ticks = ProcessStartTicks(record.pid);
   {
     std::ofstream out(temporary, std::ios::trunc);
-    out << ToJson(record).dump(2) << '\n';
+    out << ToJson(stored).dump(2) << '\n';
     if (!out) return Error(fmt::format("cannot write {}", temporary));
   }
   if (rename(temporary.c_str(), (directory + "/vm.json").c_str()) != 0) {
@@ -137,13 +201,17 @@ Status RuntimeDirectory::WriteRecord(const VmRecord& record) const {
 }
 
 void RuntimeDirectory::RemoveVm(const std::string& id) const {
-  if (!ValidId(id)) return;
-  std::error_code ignored;
-  std::filesystem::remove_all(VmDirectory(id), ignored);
+  if (!IsVmId(id)) return;
+  std::string directory = VmDirectory(id);
+  for (const char* file : kVmFiles) unlink((directory + "/" + file).c_str());
+  if (rmdir(directory.c_str()) != 0 && errno != ENOENT) {
+    LOG_WARNING("runtime entry {} was not removed: {} (forkvmm removes only its own files)",
+                directory, std::strerror(errno));
+  }
 }
 
 void RuntimeDirectory::RemoveFailedVm(const std::string& id) const {
-  if (!ValidId(id)) return;
+  if (!IsVmId(id)) return;
   std::error_code ignored;
   std::filesystem::rename(VmDirectory(id) + "/vmm.log", FailedLogPath(id), ignored);
   RemoveVm(id);
@@ -163,7 +231,7 @@ std::vector<VmRecord> RuntimeDirectory::List() const {
   std::error_code error;
   for (const auto& entry : std::filesystem::directory_iterator(root_, error)) {
     std::string id = entry.path().filename();
-    if (!entry.is_directory() || !ValidId(id)) continue;
+    if (!entry.is_directory() || !IsVmId(id)) continue;
     auto record = ReadRecord(id);
     if (!record.ok()) {
       // A directory without a record is a VM still starting up, or debris.
@@ -172,8 +240,9 @@ std::vector<VmRecord> RuntimeDirectory::List() const {
       if (stat(entry.path().c_str(), &st) == 0 && time(nullptr) - st.st_mtime > 60) RemoveVm(id);
       continue;
     }
-    if (!ProcessAlive(record->pid)) {
-      LOG_DEBUG("removing stale runtime entry of VM {} (pid {} is gone)", id, record->pid);
+    if (!ProcessAlive(record->pid, record->pid_start_ticks)) {
+      LOG_DEBUG("removing stale runtime entry of VM {} (pid {} is gone or reused)", id,
+                record->pid);
       RemoveVm(id);
       continue;
     }
@@ -197,7 +266,7 @@ Result<VmRecord> RuntimeDirectory::Find(const std::string& id_or_name) const {
     return Error(fmt::format("VM id prefix '{}' is ambiguous ({} VMs match)", id_or_name,
                              matches.size()));
   }
-  if (ValidId(id_or_name) && access(FailedLogPath(id_or_name).c_str(), F_OK) == 0) {
+  if (IsVmId(id_or_name) && access(FailedLogPath(id_or_name).c_str(), F_OK) == 0) {
     return Error(fmt::format("no VM with id or name '{}' in {}: it ended with an error, see {}",
                              id_or_name, root_, FailedLogPath(id_or_name)));
   }
