@@ -29,6 +29,11 @@ Result<ControlClient> ControlClient::Connect(const std::string& socket_path,
   ControlClient client(std::move(fd), timeout);
   client.path_ = socket_path;
   ASSIGN_OR_RETURN(json greeting, client.ReadMessage());
+  if (greeting.contains("error")) {
+    // The server rejected the connection (too many clients) and closed it.
+    return Error(fmt::format("{}: {}", socket_path,
+                             greeting["error"].value("desc", std::string("connection rejected"))));
+  }
   if (!greeting.contains("QMP")) {
     return Error(fmt::format("{}: unexpected greeting {}", socket_path, greeting.dump()));
   }

@@ -14,7 +14,8 @@ namespace forkvmm {
 class ControlClient {
  public:
   // Connects to `socket_path`, reads the greeting and negotiates
-  // capabilities. `timeout` bounds every later read.
+  // capabilities. `timeout` bounds every later read. An error the server
+  // sends in place of the greeting becomes the returned Error.
   static Result<ControlClient> Connect(const std::string& socket_path,
                                        std::chrono::milliseconds timeout = std::chrono::seconds(30));
 

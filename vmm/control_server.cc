@@ -2,9 +2,13 @@
 
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/timerfd.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <optional>
 
 #include <fmt/core.h>
 
@@ -25,6 +29,31 @@ json Timestamp() {
 
 json ErrorMessage(const std::string& error_class, const std::string& description) {
   return json{{"error", {{"class", error_class}, {"desc", description}}}};
+}
+
+// Sends one message without blocking. Returns false if it could not be sent
+// whole.
+bool SendMessage(int fd, const json& message) {
+  std::string text = message.dump() + "\r\n";
+  size_t sent = 0;
+  while (sent < text.size()) {
+    ssize_t n = send(fd, text.data() + sent, text.size() - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0 && errno == EINTR) continue;
+    // A client that does not read its replies loses its connection rather
+    // than stall the VM's control loop.
+    if (n <= 0) return false;
+    sent += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+std::string JoinNames(const std::vector<ArgumentSpec>& arguments) {
+  std::string names;
+  for (size_t i = 0; i < arguments.size(); ++i) {
+    if (i > 0) names += i + 1 == arguments.size() ? " and " : ", ";
+    names += arguments[i].name;
+  }
+  return names;
 }
 
 }  // namespace
@@ -60,13 +89,15 @@ size_t CompleteJsonObjectLength(std::string_view text) {
   return 0;
 }
 
-Result<std::unique_ptr<ControlServer>> ControlServer::Listen(const std::string& path,
-                                                             EventLoop& loop, Handler handler) {
+Result<std::unique_ptr<ControlServer>> ControlServer::Listen(
+    const std::string& path, EventLoop& loop, std::vector<CommandSpec> commands, Handler handler,
+    std::chrono::milliseconds negotiation_timeout) {
   sockaddr_un address{};
   if (path.size() >= sizeof(address.sun_path)) {
     return Error(fmt::format("control socket path {} is too long for a unix socket", path));
   }
-  std::unique_ptr<ControlServer> server(new ControlServer(loop, std::move(handler)));
+  std::unique_ptr<ControlServer> server(
+      new ControlServer(loop, std::move(commands), std::move(handler), negotiation_timeout));
   server->path_ = path;
   server->listen_fd_.Reset(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!server->listen_fd_.valid()) return Error::FromErrno("socket", path);
@@ -80,13 +111,17 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Listen(const std::string& 
   umask(old_mask);
   if (bound != 0) return Error::FromErrno("bind", path);
   if (listen(server->listen_fd_.get(), 16) != 0) return Error::FromErrno("listen", path);
+  server->timer_fd_.Reset(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+  if (!server->timer_fd_.valid()) return Error::FromErrno("timerfd_create", path);
   ControlServer* raw = server.get();
+  TRY(loop.Add(server->timer_fd_.get(), EPOLLIN, [raw](uint32_t) { raw->ExpireUnnegotiated(); }));
   TRY(loop.Add(server->listen_fd_.get(), EPOLLIN, [raw](uint32_t) { raw->Accept(); }));
   return server;
 }
 
 ControlServer::~ControlServer() {
   for (auto& [fd, client] : clients_) loop_.Remove(fd);
+  if (timer_fd_.valid()) loop_.Remove(timer_fd_.get());
   if (listen_fd_.valid()) {
     loop_.Remove(listen_fd_.get());
     unlink(path_.c_str());
@@ -98,12 +133,12 @@ void ControlServer::Accept() {
     UniqueFd fd(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
     if (!fd.valid()) return;
     if (clients_.size() >= kMaxClients) {
-      LogLimited(g_client_error_limiter, LogLevel::kWarning,
-                 "control socket: refusing a client, {} are connected", clients_.size());
+      RejectClient(std::move(fd));
       continue;
     }
     auto client = std::make_unique<Client>();
     client->fd = std::move(fd);
+    client->negotiation_deadline = std::chrono::steady_clock::now() + negotiation_timeout_;
     int client_fd = client->fd.get();
     json greeting = {{"QMP",
                       {{"version",
@@ -115,7 +150,57 @@ void ControlServer::Accept() {
                              [this, client_fd](uint32_t) { OnReadable(client_fd); });
     if (!added.ok()) continue;
     clients_[client_fd] = std::move(client);
+    ArmNegotiationTimer();
   }
+}
+
+void ControlServer::RejectClient(UniqueFd fd) {
+  LogLimited(g_client_error_limiter, LogLevel::kWarning,
+             "control socket {}: rejected a client, {} are connected", path_, clients_.size());
+  // Sent in place of the greeting, so the client can report why it was
+  // disconnected. The socket is new, so its send buffer has room.
+  SendMessage(fd.get(),
+              ErrorMessage("GenericError",
+                           fmt::format("too many connections: the VM serves at most {} control "
+                                       "clients, try again later",
+                                       kMaxClients)));
+}
+
+void ControlServer::ExpireUnnegotiated() {
+  uint64_t expirations = 0;
+  ssize_t unused = read(timer_fd_.get(), &expirations, sizeof(expirations));
+  (void)unused;
+  auto now = std::chrono::steady_clock::now();
+  std::vector<int> expired;
+  for (auto& [fd, client] : clients_) {
+    if (!client->negotiated && client->negotiation_deadline <= now) expired.push_back(fd);
+  }
+  json message = ErrorMessage(
+      "GenericError",
+      fmt::format("timed out after {} ms waiting for qmp_capabilities", negotiation_timeout_.count()));
+  for (int fd : expired) {
+    SendMessage(fd, message);
+    Drop(fd);
+  }
+  ArmNegotiationTimer();
+}
+
+void ControlServer::ArmNegotiationTimer() {
+  std::optional<std::chrono::steady_clock::time_point> next;
+  for (auto& [fd, client] : clients_) {
+    if (client->negotiated) continue;
+    if (!next || client->negotiation_deadline < *next) next = client->negotiation_deadline;
+  }
+  itimerspec spec{};  // all zero: disarmed
+  if (next) {
+    auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(
+        *next - std::chrono::steady_clock::now());
+    // A zero it_value would disarm the timer, so a past deadline fires in 1 ns.
+    int64_t nanoseconds = std::max<int64_t>(left.count(), 1);
+    spec.it_value.tv_sec = static_cast<time_t>(nanoseconds / 1000000000);
+    spec.it_value.tv_nsec = static_cast<long>(nanoseconds % 1000000000);
+  }
+  timerfd_settime(timer_fd_.get(), 0, &spec, nullptr);
 }
 
 void ControlServer::OnReadable(int fd) {
@@ -189,6 +274,13 @@ void ControlServer::HandleRequest(Client& client, const std::string& text) {
     return;
   }
   if (command == "qmp_capabilities") {
+    if (!arguments.empty()) {
+      reply_with(ErrorMessage("GenericError",
+                              fmt::format("unexpected argument '{}' for qmp_capabilities, which "
+                                          "takes no arguments",
+                                          arguments.begin().key())));
+      return;
+    }
     client.negotiated = true;
     reply_with(json{{"return", json::object()}});
     return;
@@ -198,24 +290,48 @@ void ControlServer::HandleRequest(Client& client, const std::string& text) {
                             "expecting capabilities negotiation with 'qmp_capabilities'"));
     return;
   }
+  if (json error = CheckArguments(command, arguments); !error.is_null()) {
+    reply_with(std::move(error));
+    return;
+  }
   CommandReply reply = handler_(command, arguments);
   reply_with(reply.ok ? json{{"return", reply.value}}
                       : ErrorMessage(reply.error_class, reply.description));
 }
 
-bool ControlServer::Send(Client& client, const nlohmann::json& message) {
-  std::string text = message.dump() + "\r\n";
-  size_t sent = 0;
-  while (sent < text.size()) {
-    ssize_t n = send(client.fd.get(), text.data() + sent, text.size() - sent,
-                     MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n < 0 && errno == EINTR) continue;
-    // A client that does not read its replies loses its connection rather
-    // than stall the VM's control loop.
-    if (n <= 0) return false;
-    sent += static_cast<size_t>(n);
+json ControlServer::CheckArguments(const std::string& command, const json& arguments) const {
+  auto spec = std::find_if(commands_.begin(), commands_.end(),
+                           [&](const CommandSpec& candidate) { return candidate.name == command; });
+  if (spec == commands_.end()) {
+    return ErrorMessage("CommandNotFound", fmt::format("the command {} has not been found", command));
   }
-  return true;
+  for (const auto& item : arguments.items()) {
+    const std::string& name = item.key();
+    const json& value = item.value();
+    auto argument =
+        std::find_if(spec->arguments.begin(), spec->arguments.end(),
+                     [&](const ArgumentSpec& candidate) { return candidate.name == name; });
+    if (argument == spec->arguments.end()) {
+      std::string accepted = spec->arguments.empty()
+                                 ? "which takes no arguments"
+                                 : "which takes " + JoinNames(spec->arguments);
+      return ErrorMessage("GenericError", fmt::format("unexpected argument '{}' for {}, {}", name,
+                                                      command, accepted));
+    }
+    // A value of the wrong type is left to the handler, which names the
+    // type it expects.
+    if (argument->absolute_path && value.is_string() &&
+        !value.get<std::string>().starts_with('/')) {
+      return ErrorMessage("GenericError",
+                          fmt::format("invalid {} argument {} {}: expected an absolute path",
+                                      command, name, value.dump()));
+    }
+  }
+  return json();
+}
+
+bool ControlServer::Send(Client& client, const nlohmann::json& message) {
+  return SendMessage(client.fd.get(), message);
 }
 
 void ControlServer::Broadcast(const std::string& event, const nlohmann::json& data) {

@@ -11,6 +11,8 @@
 #include <fstream>
 #include <thread>
 
+#include <fmt/core.h>
+
 #include "vmm/control_client.h"
 #include "vmm/runtime.h"
 
@@ -36,7 +38,9 @@ TEST(JsonObjectLength, IncompleteAndInvalid) {
 // Runs a ControlServer on its own event loop thread for one test.
 class ControlServerTest : public ::testing::Test {
  protected:
-  void SetUp() override {
+  void SetUp() override { Start(ControlServer::kNegotiationTimeout); }
+
+  void Start(std::chrono::milliseconds negotiation_timeout) {
     char pattern[] = "/tmp/forkvmm-control-XXXXXX";
     ASSERT_NE(mkdtemp(pattern), nullptr);
     directory_ = pattern;
@@ -44,13 +48,17 @@ class ControlServerTest : public ::testing::Test {
     auto loop = EventLoop::Create();
     ASSERT_TRUE(loop.ok());
     loop_ = std::move(loop).value();
-    auto server = ControlServer::Listen(path_, *loop_, [](const std::string& command,
-                                                          const json& arguments) {
-      if (command == "echo") return CommandReply::Success(arguments);
-      if (command == "fail") return CommandReply::Failure("it failed");
-      return CommandReply::Failure("the command " + command + " has not been found",
-                                   "CommandNotFound");
-    });
+    std::vector<CommandSpec> commands = {
+        {"echo", {{"x"}, {"after"}, {"pad"}, {"file", true}}},
+        {"fail", {}},
+    };
+    auto server = ControlServer::Listen(
+        path_, *loop_, commands,
+        [](const std::string& command, const json& arguments) {
+          if (command == "echo") return CommandReply::Success(arguments);
+          return CommandReply::Failure("it failed");
+        },
+        negotiation_timeout);
     ASSERT_TRUE(server.ok()) << server.error().message();
     server_ = std::move(server).value();
     thread_ = std::thread([this] { ASSERT_TRUE(loop_->Run().ok()); });
@@ -150,6 +158,107 @@ TEST_F(ControlServerTest, EventsReachNegotiatedClients) {
   auto reply = client->Execute("echo", {{"after", "event"}});
   ASSERT_TRUE(reply.ok());
   EXPECT_EQ((*reply)["after"], "event");
+}
+
+// Sends one request on a raw, negotiated connection and returns the reply.
+json RawRequest(int fd, const std::string& request) {
+  std::string text = request + "\n";
+  EXPECT_EQ(write(fd, text.data(), text.size()), static_cast<ssize_t>(text.size()));
+  std::string line;
+  char c;
+  while (read(fd, &c, 1) == 1 && c != '\n') line += c;
+  return json::parse(line, nullptr, false);
+}
+
+TEST_F(ControlServerTest, UnknownArgumentIsRejected) {
+  auto client = ControlClient::Connect(path_);
+  ASSERT_TRUE(client.ok()) << client.error().message();
+  auto fail = client->Execute("fail", {{"verbose", true}});
+  ASSERT_FALSE(fail.ok());
+  EXPECT_EQ(fail.error().message(),
+            "unexpected argument 'verbose' for fail, which takes no arguments");
+  auto echo = client->Execute("echo", {{"y", 1}});
+  ASSERT_FALSE(echo.ok());
+  EXPECT_EQ(echo.error().message(),
+            "unexpected argument 'y' for echo, which takes x, after, pad and file");
+  EXPECT_TRUE(client->Execute("echo", {{"x", 1}}).ok());
+}
+
+TEST_F(ControlServerTest, UnknownCommandIsNotFound) {
+  int fd = ConnectRaw();
+  ReadLine(fd);
+  EXPECT_TRUE(RawRequest(fd, R"({"execute": "qmp_capabilities"})").contains("return"));
+  json reply = RawRequest(fd, R"({"execute": "reboot"})");
+  EXPECT_EQ(reply["error"]["class"], "CommandNotFound");
+  EXPECT_EQ(reply["error"]["desc"], "the command reboot has not been found");
+  close(fd);
+}
+
+TEST_F(ControlServerTest, CapabilitiesRejectArguments) {
+  int fd = ConnectRaw();
+  ReadLine(fd);
+  json reply = RawRequest(fd, R"({"execute": "qmp_capabilities", "arguments": {"x": 1}})");
+  EXPECT_EQ(reply["error"]["desc"],
+            "unexpected argument 'x' for qmp_capabilities, which takes no arguments");
+  close(fd);
+}
+
+TEST_F(ControlServerTest, RelativePathIsRejected) {
+  auto client = ControlClient::Connect(path_);
+  ASSERT_TRUE(client.ok()) << client.error().message();
+  for (const char* path : {"../../x", "x.log", ""}) {
+    SCOPED_TRACE(path);
+    auto reply = client->Execute("echo", {{"file", path}});
+    ASSERT_FALSE(reply.ok());
+    EXPECT_EQ(reply.error().message(), fmt::format("invalid echo argument file \"{}\": expected "
+                                                   "an absolute path",
+                                                   path));
+  }
+  EXPECT_TRUE(client->Execute("echo", {{"file", "/tmp/x.log"}}).ok());
+  // The handler checks the type.
+  EXPECT_TRUE(client->Execute("echo", {{"file", 5}}).ok());
+}
+
+TEST_F(ControlServerTest, ClientBeyondLimitGetsReason) {
+  std::vector<int> fds;
+  for (size_t i = 0; i < ControlServer::kMaxClients; ++i) {
+    fds.push_back(ConnectRaw());
+    ASSERT_TRUE(json::parse(ReadLine(fds.back())).contains("QMP"));
+  }
+  auto rejected = ControlClient::Connect(path_);
+  ASSERT_FALSE(rejected.ok());
+  EXPECT_EQ(rejected.error().message(),
+            path_ + ": too many connections: the VM serves at most 64 control clients, try "
+                    "again later");
+  close(fds.back());
+  fds.pop_back();
+  // The server notices the closed connection before it accepts the next.
+  bool connected = false;
+  for (int attempt = 0; attempt < 100 && !connected; ++attempt) {
+    connected = ControlClient::Connect(path_).ok();
+    if (!connected) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(connected);
+  for (int fd : fds) close(fd);
+}
+
+class ControlServerTimeoutTest : public ControlServerTest {
+ protected:
+  void SetUp() override { Start(std::chrono::milliseconds(300)); }
+};
+
+TEST_F(ControlServerTimeoutTest, UnnegotiatedClientIsDisconnected) {
+  int idle = ConnectRaw();
+  ReadLine(idle);
+  auto negotiated = ControlClient::Connect(path_);
+  ASSERT_TRUE(negotiated.ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  json reply = json::parse(ReadLine(idle), nullptr, false);
+  EXPECT_EQ(reply["error"]["desc"], "timed out after 300 ms waiting for qmp_capabilities");
+  char c;
+  EXPECT_EQ(read(idle, &c, 1), 0) << "the connection must be closed";
+  close(idle);
+  EXPECT_TRUE(negotiated->Execute("echo").ok()) << "a negotiated client stays connected";
 }
 
 TEST(RuntimeDirectory, RegistersFindsAndCleansUp) {

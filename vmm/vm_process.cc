@@ -45,6 +45,21 @@ Result<UniqueFd> CreateSignalFd() {
   return fd;
 }
 
+// The control commands HandleCommand serves and the arguments of each. The
+// control server rejects any other command or argument, and relative paths.
+std::vector<CommandSpec> ControlCommands() {
+  return {
+      {"query-status", {}},
+      {"stop", {}},
+      {"cont", {}},
+      {"quit", {}},
+      {"query-forkvmm", {}},
+      {"query-cpus-fast", {}},
+      {"fork", {{"count"}, {"paused"}, {"name"}, {"serial_log", true}}},
+      {"pmemsave", {{"val"}, {"size"}, {"filename", true}}},
+  };
+}
+
 }  // namespace
 
 Result<std::unique_ptr<VmProcess>> VmProcess::Boot(VmProcessOptions options) {
@@ -94,6 +109,7 @@ Status VmProcess::Attach(const RuntimeDirectory& runtime, VmRecord record) {
   vm_->control().OnStop([loop] { loop->Quit(); });
 
   ASSIGN_OR_RETURN(control_, ControlServer::Listen(directory + "/control.sock", *loop_,
+                                                   ControlCommands(),
                                                    [this](const std::string& command,
                                                           const json& arguments) {
                                                      return HandleCommand(command, arguments);
