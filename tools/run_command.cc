@@ -298,7 +298,8 @@ Command AddRunCommand(CLI::App& parent) {
                   "Where VMs register (default: $FORKVMM_RUNTIME_DIR, $XDG_RUNTIME_DIR/forkvmm "
                   "or /run/forkvmm)");
   app->add_flag("--stats", args->stats,
-                "Print per-vCPU exit counts and time in guest and VMM when the VM stops");
+                "Print per-vCPU exit counts and time in guest and VMM when the VM stops, and "
+                "the console bytes a serial log lost to write errors");
   app->footer("The guest ends the VM by resetting the machine (reboot=k); Ctrl-A x quits.");
   return {app, [args] { return Run(*args); }};
 }

@@ -67,19 +67,54 @@ std::string ConsoleEscape::Filter(std::span<const uint8_t> input, bool* quit) {
 namespace forkvmm {
 namespace {
 
-void WriteAll(int fd, std::span<const uint8_t> bytes) {
+// Writes all of `bytes` unless a write fails. Returns how many were written;
+// on a short count errno is that of the failed write (0 if write returned 0).
+size_t WriteAll(int fd, std::span<const uint8_t> bytes) {
   const uint8_t* data = bytes.data();
   size_t left = bytes.size();
   while (left > 0) {
     ssize_t n = write(fd, data, left);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;
+    if (n == 0) errno = 0;
+    if (n <= 0) break;
     data += n;
     left -= static_cast<size_t>(n);
   }
+  return bytes.size() - left;
 }
 
 }  // namespace
+
+ConsoleHub::ConsoleHub(UniqueFd log, std::string log_path, UniqueFd extra_log,
+                       std::string extra_log_path, int terminal_fd)
+    : terminal_fd_(terminal_fd) {
+  log_.fd = std::move(log);
+  log_.path = std::move(log_path);
+  extra_log_.fd = std::move(extra_log);
+  extra_log_.path = std::move(extra_log_path);
+}
+
+void ConsoleHub::WriteLog(LogFile& log, std::span<const uint8_t> bytes) {
+  size_t written = WriteAll(log.fd.get(), bytes);
+  if (written == bytes.size()) return;
+  int error = errno;
+  uint64_t dropped = bytes.size() - written;
+  uint64_t total = log.dropped_bytes.fetch_add(dropped, std::memory_order_relaxed) + dropped;
+  LogLimited(log.error_limiter, LogLevel::kError,
+             "serial log {}: write failed: {} ({} bytes of console output dropped so far)",
+             log.path, error != 0 ? std::strerror(error) : "no bytes written", total);
+}
+
+std::string ConsoleHub::FormatDroppedBytes() const {
+  std::string out;
+  for (const LogFile* log : {&log_, &extra_log_}) {
+    uint64_t dropped = log->dropped_bytes.load(std::memory_order_relaxed);
+    if (dropped > 0) {
+      out += fmt::format("serial log {}: {} bytes dropped after write errors\n", log->path, dropped);
+    }
+  }
+  return out;
+}
 
 Result<std::shared_ptr<ConsoleHub>> ConsoleHub::Create(const std::string& log_path,
                                                        const std::string& extra_log_path,
@@ -92,14 +127,14 @@ Result<std::shared_ptr<ConsoleHub>> ConsoleHub::Create(const std::string& log_pa
     if (!extra_log.valid()) return Error::FromErrno("open", extra_log_path);
   }
   return std::shared_ptr<ConsoleHub>(
-      new ConsoleHub(std::move(log), std::move(extra_log), terminal_fd));
+      new ConsoleHub(std::move(log), log_path, std::move(extra_log), extra_log_path, terminal_fd));
 }
 
 ConsoleHub::~ConsoleHub() { StopListening(); }
 
 void ConsoleHub::Write(std::span<const uint8_t> bytes) {
-  WriteAll(log_.get(), bytes);
-  if (extra_log_.valid()) WriteAll(extra_log_.get(), bytes);
+  WriteLog(log_, bytes);
+  if (extra_log_.fd.valid()) WriteLog(extra_log_, bytes);
   if (terminal_fd_ >= 0) WriteAll(terminal_fd_, bytes);
   std::lock_guard lock(mutex_);
   for (auto& [fd, client] : clients_) {

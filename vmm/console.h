@@ -4,6 +4,7 @@
 
 #include <termios.h>
 
+#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
@@ -12,6 +13,7 @@
 #include <string>
 
 #include "devices/bus.h"
+#include "vmm/base/log.h"
 #include "vmm/base/event_loop.h"
 #include "vmm/base/result.h"
 #include "vmm/base/unique_fd.h"
@@ -49,7 +51,8 @@ class ConsoleEscape {
 
 // Fans guest console output out to the VM's serial log, optionally a
 // terminal, and every client attached through the console socket; passes
-// client input to the guest.
+// client input to the guest. A log write that fails never stops the guest:
+// the bytes are dropped and counted, and the error is logged (rate-limited).
 //
 // Thread safety: Write() may be called from any thread (vCPU threads);
 // everything else runs on the event loop's thread.
@@ -65,6 +68,10 @@ class ConsoleHub : public devices::ByteSink {
 
   void Write(std::span<const uint8_t> bytes) override;
 
+  // Returns one line per log file that lost output to write errors,
+  // "serial log PATH: N bytes dropped after write errors", or "".
+  std::string FormatDroppedBytes() const;
+
   // Accepts console clients on the unix socket `path` (mode 0600). Bytes a
   // client sends go to `input`.
   Status Listen(const std::string& path, EventLoop& loop,
@@ -78,14 +85,24 @@ class ConsoleHub : public devices::ByteSink {
     UniqueFd fd;
     bool dead = false;
   };
-  ConsoleHub(UniqueFd log, UniqueFd extra_log, int terminal_fd)
-      : log_(std::move(log)), extra_log_(std::move(extra_log)), terminal_fd_(terminal_fd) {}
+  // A file the console output is appended to.
+  struct LogFile {
+    UniqueFd fd;
+    std::string path;
+    std::atomic<uint64_t> dropped_bytes{0};
+    // The first write error is logged, later ones at most once a minute: a
+    // full disk fails every write the guest makes.
+    RateLimiter error_limiter{1, std::chrono::minutes(1)};
+  };
+  ConsoleHub(UniqueFd log, std::string log_path, UniqueFd extra_log, std::string extra_log_path,
+             int terminal_fd);
+  static void WriteLog(LogFile& log, std::span<const uint8_t> bytes);
   void Accept();
   void OnClientReadable(int fd);
   void DropClient(int fd);
 
-  UniqueFd log_;
-  UniqueFd extra_log_;
+  LogFile log_;
+  LogFile extra_log_;  // fd not valid when there is none
   int terminal_fd_;
   EventLoop* loop_ = nullptr;
   std::string path_;

@@ -176,7 +176,7 @@ VmExit VmProcess::Run(bool start_paused) {
   control_->Broadcast("SHUTDOWN", {{"reason", exit.message}});
   raw_terminal_.reset();
   if (options_.print_stats) {
-    std::string stats = FormatVcpuStats(vm_->vcpu_stats());
+    std::string stats = FormatVcpuStats(vm_->vcpu_stats()) + console_->FormatDroppedBytes();
     ssize_t unused = write(STDERR_FILENO, stats.data(), stats.size());
     (void)unused;
   }
