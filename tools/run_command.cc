@@ -1,4 +1,4 @@
-// `forkvmm run`: boot a guest in the foreground.
+// `forkvmm run`: boot a guest, in the foreground or detached.
 #include <fcntl.h>
 #include <sys/sysinfo.h>
 #include <sys/wait.h>
@@ -258,7 +258,7 @@ int Run(RunArguments& args) {
 
 Command AddRunCommand(CLI::App& parent) {
   auto args = std::make_shared<RunArguments>();
-  CLI::App* app = parent.add_subcommand("run", "Boot a VM in the foreground");
+  CLI::App* app = parent.add_subcommand("run", "Boot a VM (with --detach, in the background)");
   app->add_option("--kernel", args->kernel,
                   "Kernel to boot: an uncompressed vmlinux ELF or a bzImage (default: the "
                   "project's guest build)")
