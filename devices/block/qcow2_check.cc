@@ -37,10 +37,13 @@ class Checker {
  private:
   void Problem(bool corruption, std::string message);
   void Reference(uint64_t offset, uint64_t bytes);
+  uint64_t BytesInFile(uint64_t offset, uint64_t bytes) const;
+  void ReadTable(std::string_view name, uint64_t offset, std::span<uint8_t> out);
   uint64_t Stored(uint64_t cluster);
-  Status LoadRefcountTable();
+  void LoadRefcountTable();
   void WalkRefcountTable();
   void WalkL1(uint64_t l1_offset, uint64_t l1_size, bool active);
+  bool CheckL1Entry(uint64_t entry_offset, uint64_t index, uint64_t entry);
   void WalkL2(uint64_t l2_offset, bool active);
   void CheckCopied(uint64_t entry_offset, uint64_t raw, uint64_t cluster, bool copied,
                    std::string_view what);
@@ -49,7 +52,7 @@ class Checker {
   Status Compare(RepairMode mode);
   Status ApplyFixes();
   Status RebuildRefcounts();
-  Status FixCopiedFlags();
+  Status FixTableEntries();
 
   ImageFile& file_;
   Header& header_;
@@ -67,7 +70,8 @@ class Checker {
   std::vector<std::pair<uint64_t, uint64_t>> refcount_fixes_;
   bool needs_rebuild_ = false;
   bool fix_copied_ = false;
-  std::vector<std::pair<uint64_t, uint64_t>> copied_fixes_;  // (file offset, new entry)
+  bool clear_empty_l1_entries_ = false;
+  std::vector<std::pair<uint64_t, uint64_t>> entry_fixes_;  // (file offset, new entry)
 };
 
 void Checker::Problem(bool corruption, std::string message) {
@@ -99,6 +103,23 @@ void Checker::Reference(uint64_t offset, uint64_t bytes) {
   }
 }
 
+// Returns how many of the `bytes` bytes at `offset` lie inside the file.
+uint64_t Checker::BytesInFile(uint64_t offset, uint64_t bytes) const {
+  if (offset >= file_size_) return 0;
+  return std::min(bytes, file_size_ - offset);
+}
+
+// Reads a table that may extend past the end of the file, as QEMU does:
+// the part past the end reads as zeros and is reported as a corruption.
+void Checker::ReadTable(std::string_view name, uint64_t offset, std::span<uint8_t> out) {
+  if (BytesInFile(offset, out.size()) < out.size()) {
+    Problem(true, fmt::format("ERROR {} at offset {:#x} ({} bytes) extends past the end of the "
+                              "file (size {:#x})",
+                              name, offset, out.size(), file_size_));
+  }
+  if (!file_.ReadZeroFilled(offset, out).ok()) ++report_.check_errors;
+}
+
 uint64_t Checker::Stored(uint64_t cluster) {
   uint64_t index = cluster / entries_per_block_;
   if (index >= table_.size() || table_[index] == 0 || invalid_blocks_.count(index)) return 0;
@@ -115,16 +136,17 @@ uint64_t Checker::Stored(uint64_t cluster) {
   return GetRefcountEntry(it->second.data(), cluster % entries_per_block_, header_.refcount_order);
 }
 
-Status Checker::LoadRefcountTable() {
+void Checker::LoadRefcountTable() {
   std::vector<uint8_t> raw(uint64_t{header_.refcount_table_clusters} * cs_);
-  TRY(file_.ReadExact(header_.refcount_table_offset, raw));
+  ReadTable("refcount table", header_.refcount_table_offset, raw);
   table_.resize(raw.size() / 8);
   for (size_t i = 0; i < table_.size(); ++i) table_[i] = LoadBe64(raw.data() + i * 8);
-  return Ok();
 }
 
 void Checker::WalkRefcountTable() {
-  Reference(header_.refcount_table_offset, uint64_t{header_.refcount_table_clusters} * cs_);
+  const uint64_t table_bytes = uint64_t{header_.refcount_table_clusters} * cs_;
+  Reference(header_.refcount_table_offset,
+            BytesInFile(header_.refcount_table_offset, table_bytes));
   for (uint64_t i = 0; i < table_.size(); ++i) {
     uint64_t entry = table_[i];
     if (entry == 0) continue;
@@ -153,30 +175,51 @@ void Checker::CheckCopied(uint64_t entry_offset, uint64_t raw, uint64_t cluster,
                             "refcount is {}",
                             what, raw, entry_offset, copied ? "set" : "clear", refcount));
   if (fix_copied_) {
-    copied_fixes_.emplace_back(entry_offset, copied ? raw & ~kFlagCopied : raw | kFlagCopied);
+    entry_fixes_.emplace_back(entry_offset, copied ? raw & ~kFlagCopied : raw | kFlagCopied);
   }
+}
+
+// Reports a non-zero L1 entry at `entry_offset` that is invalid, and returns
+// whether its L2 table should be walked. An entry with reserved bits but a
+// usable offset is still walked, so that the clusters it reaches are not
+// counted as leaks and freed by a leak repair.
+bool Checker::CheckL1Entry(uint64_t entry_offset, uint64_t index, uint64_t entry) {
+  const uint64_t offset = entry & kOffsetMask;
+  if (offset == 0) {
+    // Both forkvmm and QEMU read such an entry as unallocated, so clearing it
+    // changes no data.
+    Problem(true, fmt::format("ERROR L1 table entry {} ({:#x}) has flags or reserved bits set "
+                              "but no L2 table offset",
+                              index, entry));
+    if (clear_empty_l1_entries_) entry_fixes_.emplace_back(entry_offset, 0);
+    return false;
+  }
+  if (entry & kL1ReservedMask) {
+    Problem(true, fmt::format("ERROR L1 table entry {} ({:#x}) has reserved bits set", index,
+                              entry));
+  }
+  if (offset % cs_ != 0) {
+    Problem(true, fmt::format("ERROR L1 table entry {} ({:#x}): L2 table offset {:#x} is not "
+                              "cluster-aligned",
+                              index, entry, offset));
+    return false;
+  }
+  if (offset >= file_size_) {
+    Problem(true, fmt::format("ERROR L1 table entry {} ({:#x}): L2 table offset {:#x} is past "
+                              "the end of the file (size {:#x})",
+                              index, entry, offset, file_size_));
+    return false;
+  }
+  return true;
 }
 
 void Checker::WalkL1(uint64_t l1_offset, uint64_t l1_size, bool active) {
   std::vector<uint8_t> raw(l1_size * 8);
-  if (!file_.ReadExact(l1_offset, raw).ok()) {
-    ++report_.check_errors;
-    return;
-  }
+  ReadTable("L1 table", l1_offset, raw);
   for (uint64_t i = 0; i < l1_size; ++i) {
     uint64_t entry = LoadBe64(raw.data() + i * 8);
+    if (entry == 0 || !CheckL1Entry(l1_offset + i * 8, i, entry)) continue;
     uint64_t offset = entry & kOffsetMask;
-    if (entry & kL1ReservedMask) {
-      Problem(true, fmt::format("ERROR L1 entry {} ({:#x}) has reserved bits set", i, entry));
-      continue;
-    }
-    if (offset == 0) continue;
-    if (offset % cs_ != 0 || offset >= file_size_) {
-      Problem(true, fmt::format("ERROR L1 entry {} points to an L2 table at offset {:#x}, which "
-                                "is misaligned or past the end of the file",
-                                i, offset));
-      continue;
-    }
     Reference(offset, cs_);
     if (active) {
       CheckCopied(l1_offset + i * 8, entry, offset / cs_, entry & kFlagCopied, "L1");
@@ -187,10 +230,7 @@ void Checker::WalkL1(uint64_t l1_offset, uint64_t l1_size, bool active) {
 
 void Checker::WalkL2(uint64_t l2_offset, bool active) {
   std::vector<uint8_t> raw(cs_);
-  if (!file_.ReadExact(l2_offset, raw).ok()) {
-    ++report_.check_errors;
-    return;
-  }
+  ReadTable("L2 table", l2_offset, raw);
   const uint64_t entries = cs_ / 8;
   for (uint64_t j = 0; j < entries; ++j) {
     uint64_t value = LoadBe64(raw.data() + j * 8);
@@ -199,6 +239,12 @@ void Checker::WalkL2(uint64_t l2_offset, bool active) {
     if (!entry.ok()) {
       Problem(true, fmt::format("ERROR L2 table at offset {:#x}, entry {}: {}", l2_offset, j,
                                 entry.error().message()));
+      // qemu-img check 7.2 still counts the cluster as referenced, so a leak
+      // repair must not free it.
+      uint64_t host = value & kOffsetMask;
+      if ((value & kFlagCompressed) == 0 && host != 0 && host % cs_ == 0 && host < file_size_) {
+        Reference(host, cs_);
+      }
       continue;
     }
     switch (entry->type) {
@@ -314,6 +360,11 @@ Status Checker::Compare(RepairMode mode) {
                                     : (uint64_t{1} << header_.refcount_bits()) - 1;
   auto compare = [&](uint64_t c, uint64_t expected) {
     uint64_t stored = Stored(c);
+    // Like QEMU, the image ends after the last cluster that is referenced or
+    // has a refcount.
+    if ((stored > 0 || expected > 0) && c < refs_.size()) {
+      report_.image_end_offset = std::max(report_.image_end_offset, (c + 1) * cs_);
+    }
     if (stored == expected || (expected == kSaturated && stored >= kSaturated)) return;
     bool too_low = stored < expected;
     Problem(too_low, fmt::format("{} cluster {}: refcount {}, references {}",
@@ -422,8 +473,8 @@ Status Checker::RebuildRefcounts() {
   return Ok();
 }
 
-Status Checker::FixCopiedFlags() {
-  for (auto [offset, value] : copied_fixes_) {
+Status Checker::FixTableEntries() {
+  for (auto [offset, value] : entry_fixes_) {
     uint8_t raw[8];
     StoreBe64(raw, value);
     TRY(file_.WriteAll(offset, raw));
@@ -438,11 +489,13 @@ Status Checker::Run(RepairMode mode, bool fix_copied) {
   }
   refs_.assign(clusters, 0);
   report_.total_clusters = DivRoundUp(header_.size, cs_);
-  TRY(LoadRefcountTable());
+  LoadRefcountTable();
   fix_copied_ = fix_copied && mode == RepairMode::kAll;
+  clear_empty_l1_entries_ = mode == RepairMode::kAll;
 
   Reference(0, cs_);
-  Reference(header_.l1_table_offset, uint64_t{header_.l1_size} * 8);
+  const uint64_t l1_bytes = uint64_t{header_.l1_size} * 8;
+  Reference(header_.l1_table_offset, BytesInFile(header_.l1_table_offset, l1_bytes));
   WalkRefcountTable();
   WalkL1(header_.l1_table_offset, header_.l1_size, /*active=*/true);
   WalkSnapshots();
@@ -450,14 +503,14 @@ Status Checker::Run(RepairMode mode, bool fix_copied) {
   TRY(Compare(mode));
   if (mode == RepairMode::kNone) return Ok();
   TRY(ApplyFixes());
-  TRY(FixCopiedFlags());
+  TRY(FixTableEntries());
   return file_.DataSync();
 }
 
 Result<Header> ReadHeader(ImageFile& file, uint64_t file_size) {
   std::vector<uint8_t> head(std::min<uint64_t>(file_size, kMaxHeaderRead));
   TRY(file.ReadExact(0, head));
-  Result<Header> header = ParseHeader(head, file_size);
+  Result<Header> header = ParseHeaderAllowingTablesPastEnd(head, file_size);
   if (!header.ok()) return std::move(header).error().WithContext(file.path());
   return header;
 }

@@ -7,13 +7,18 @@
 // refcounts:
 //   refcount < references   corruption (a write could reuse a cluster in use)
 //   refcount > references   leak (space lost, data safe)
-// It also reports table entries that are invalid (reserved bits, misaligned
-// or outside the file) and copied flags that disagree with a refcount of 1.
+// It also counts as corruptions the table entries that are invalid
+// (reserved bits, misaligned or outside the file) and copied flags that
+// disagree with a refcount of 1. Tables that extend past the end of the
+// file are corruptions too, and the part past the end reads as zeros, as
+// in QEMU.
 //
 // Repair: kLeaks lowers leaked refcounts; kAll also raises refcounts that
 // are too low, rebuilding the refcount table and blocks at the end of the
-// file when they are missing or unusable, and fixes copied flags. Invalid
-// table entries are reported, not repaired.
+// file when they are missing or unusable, fixes copied flags, and clears L1
+// entries that have flags or reserved bits but no L2 table offset. Other
+// invalid entries and tables past the end of the file are reported, not
+// repaired, so the image stays corrupt after kAll.
 #pragma once
 
 #include <cstdint>

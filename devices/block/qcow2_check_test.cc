@@ -119,6 +119,42 @@ TEST(CheckTest, TooLowRefcountIsCorruptionUntilRepaired) {
   EXPECT_EQ(ReadImage(path), contents);
 }
 
+TEST(CheckTest, EmptyL1EntryWithFlagsIsCleared) {
+  TempDir dir;
+  std::vector<uint8_t> contents;
+  std::string path = MakeWrittenImage(dir, &contents);
+  const uint64_t l1_offset = ReadHeaderOf(path).l1_table_offset;
+  WriteBe64At(path, l1_offset, kFlagCopied);  // no L2 table offset
+  const std::string hash = HashFile(path);
+  CheckReport found = CheckImage(path, RepairMode::kNone).value();
+  EXPECT_EQ(found.corruptions, 1u);
+  EXPECT_EQ(found.leaks, 9u);  // the L2 table and the 8 data clusters
+  ASSERT_FALSE(found.messages.empty());
+  EXPECT_EQ(found.messages.front(), "ERROR L1 table entry 0 (0x8000000000000000) has flags or "
+                                    "reserved bits set but no L2 table offset");
+  EXPECT_EQ(HashFile(path), hash);
+
+  CheckReport repaired = CheckImage(path, RepairMode::kAll).value();
+  EXPECT_EQ(repaired.corruptions, 0u);
+  EXPECT_EQ(repaired.leaks, 0u);
+  EXPECT_EQ(repaired.corruptions_fixed, 1u);
+  EXPECT_EQ(ReadBe64At(path, l1_offset), 0u);
+  EXPECT_EQ(ReadImage(path), std::vector<uint8_t>(contents.size(), 0));
+}
+
+TEST(CheckTest, ReservedL1BitsKeepTheTableReferenced) {
+  TempDir dir;
+  std::vector<uint8_t> contents;
+  std::string path = MakeWrittenImage(dir, &contents);
+  const uint64_t l1_offset = ReadHeaderOf(path).l1_table_offset;
+  WriteBe64At(path, l1_offset, ReadBe64At(path, l1_offset) | (uint64_t{1} << 56));
+  const std::string hash = HashFile(path);
+  CheckReport repaired = CheckImage(path, RepairMode::kAll).value();
+  EXPECT_EQ(repaired.corruptions, 1u);
+  EXPECT_EQ(repaired.leaks, 0u);
+  EXPECT_EQ(HashFile(path), hash) << "nothing here is repairable";
+}
+
 TEST(CheckTest, MissingRefcountBlockIsRebuilt) {
   TempDir dir;
   std::vector<uint8_t> contents;

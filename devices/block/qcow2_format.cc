@@ -311,7 +311,11 @@ std::string DescribeIncompatibleFeatures(const Header& header, uint64_t bits) {
   return out;
 }
 
-Result<Header> ParseHeader(std::span<const uint8_t> head, uint64_t file_size) {
+namespace {
+
+// Parses the header and requires the tables to end by `tables_end`.
+Result<Header> ParseHeaderWithTablesEnd(std::span<const uint8_t> head, uint64_t file_size,
+                                        uint64_t tables_end) {
   if (head.size() < kV2HeaderLength) {
     return Error(fmt::format("truncated: the file has {} bytes, fewer than a {}-byte qcow2 header",
                              file_size, kV2HeaderLength));
@@ -346,13 +350,23 @@ Result<Header> ParseHeader(std::span<const uint8_t> head, uint64_t file_size) {
   TRY(ParseExtensions(head, area_end, file_size, h));
   TRY(CheckFeatures(h));
   TRY(CheckBackingFileName(head, file_size, h));
-  TRY(CheckL1Table(h, file_size));
-  TRY(CheckRefcountTable(h, file_size));
-  TRY(CheckSnapshotTable(h, file_size));
+  TRY(CheckL1Table(h, tables_end));
+  TRY(CheckRefcountTable(h, tables_end));
+  TRY(CheckSnapshotTable(h, tables_end));
   if (h.bitmaps && h.bitmaps->directory_size > kMaxSnapshotTableBytes) {
     return Error(fmt::format("bitmap directory of {} bytes is too large", h.bitmaps->directory_size));
   }
   return h;
+}
+
+}  // namespace
+
+Result<Header> ParseHeader(std::span<const uint8_t> head, uint64_t file_size) {
+  return ParseHeaderWithTablesEnd(head, file_size, file_size);
+}
+
+Result<Header> ParseHeaderAllowingTablesPastEnd(std::span<const uint8_t> head, uint64_t file_size) {
+  return ParseHeaderWithTablesEnd(head, file_size, UINT64_MAX);
 }
 
 std::vector<FeatureName> StandardFeatureNames() {

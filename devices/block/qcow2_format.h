@@ -133,6 +133,11 @@ struct Header {
 // corrupt image parses, and the caller decides what it may do with it.
 Result<Header> ParseHeader(std::span<const uint8_t> head, uint64_t file_size);
 
+// Parses like ParseHeader, but accepts L1, refcount and snapshot tables that
+// extend past the end of the file, because `img check` reports them as
+// corruptions. Alignment, overlaps and size caps are still checked.
+Result<Header> ParseHeaderAllowingTablesPastEnd(std::span<const uint8_t> head, uint64_t file_size);
+
 // The number of bytes ParseHeader needs from the start of the file.
 inline constexpr uint64_t kMaxHeaderRead = uint64_t{1} << kMaxClusterBits;
 

@@ -455,5 +455,137 @@ TEST(QemuInteropTest, CheckExitCodesMatchQemu) {
   expect_both(0, "after repairing the corruption");
 }
 
+
+// Runs `img check` (with `extra` arguments) and `qemu-img check` on `image`.
+struct CheckResults {
+  testing::ProcessResult forkvmm;
+  int qemu_exit = -1;
+};
+
+CheckResults CheckWithBoth(const std::string& image, const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> argv = {testing::ForkvmmImg(), "img", "check"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  argv.push_back(image);
+  CheckResults results;
+  results.forkvmm = RunProcess(argv);
+  results.qemu_exit = RunProcess({"qemu-img", "check", image}).exit_code;
+  return results;
+}
+
+// A 64 MiB image written by qemu-io: its L1 table is at 0x30000 and its one
+// L2 table maps 17 data clusters.
+std::string MakeQemuImageWithData(const TempDir& dir, const std::string& name) {
+  const std::string image = dir.File(name);
+  MustRun({"qemu-img", "create", "-q", "-f", "qcow2", image, "64M"});
+  QemuIo(image, {"write -P 0x61 0 1M", "write -P 0x62 32M 64k"});
+  return image;
+}
+
+void PatchBe64(const std::string& image, uint64_t offset, uint64_t value) {
+  std::vector<uint8_t> bytes = testing::ReadFileBytes(image);
+  ASSERT_LE(offset + 8, bytes.size());
+  qcow2::StoreBe64(bytes.data() + offset, value);
+  testing::WriteFileBytes(image, bytes);
+}
+
+TEST(QemuInteropTest, CheckCountsInvalidL1EntriesAsCorruption) {
+  SKIP_WITHOUT_QEMU();
+  struct Case {
+    uint64_t entry;
+    std::string message;
+    bool repairable;
+  };
+  const Case cases[] = {
+      {0x8000000000000000,
+       "ERROR L1 table entry 0 (0x8000000000000000) has flags or reserved bits set but no L2 "
+       "table offset",
+       true},
+      {0x0000000000000100,
+       "ERROR L1 table entry 0 (0x100) has flags or reserved bits set but no L2 table offset",
+       true},
+      {0x8100000000040000, "ERROR L1 table entry 0 (0x8100000000040000) has reserved bits set",
+       false},
+      {0x8000000000048000,
+       "ERROR L1 table entry 0 (0x8000000000048000): L2 table offset 0x48000 is not "
+       "cluster-aligned",
+       false},
+      {0x8000000010000000,
+       "ERROR L1 table entry 0 (0x8000000010000000): L2 table offset 0x10000000 is past the end "
+       "of the file (size 0x160000)",
+       false},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.message);
+    TempDir dir;
+    const std::string image = MakeQemuImageWithData(dir, "a.qcow2");
+    PatchBe64(image, 0x30000, c.entry);
+    const std::string hash = testing::HashFile(image);
+    CheckResults before = CheckWithBoth(image);
+    EXPECT_EQ(before.qemu_exit, 2);
+    EXPECT_EQ(before.forkvmm.exit_code, 2) << before.forkvmm.out << before.forkvmm.err;
+    EXPECT_EQ(testing::Lines(before.forkvmm.out).at(0), c.message);
+    EXPECT_EQ(testing::HashFile(image), hash) << "check without -r changed the file";
+
+    CheckResults repaired = CheckWithBoth(image, {"-r", "all"});
+    if (c.repairable) {
+      EXPECT_EQ(repaired.forkvmm.exit_code, 0) << repaired.forkvmm.out;
+      EXPECT_EQ(repaired.qemu_exit, 0);
+    } else {
+      // Not repaired, so neither tool may call the image clean.
+      EXPECT_EQ(repaired.forkvmm.exit_code, 2) << repaired.forkvmm.out;
+      EXPECT_EQ(repaired.qemu_exit, 2);
+    }
+  }
+}
+
+TEST(QemuInteropTest, CheckReservedL1EntryKeepsItsClusters) {
+  SKIP_WITHOUT_QEMU();
+  TempDir dir;
+  const std::string image = MakeQemuImageWithData(dir, "a.qcow2");
+  PatchBe64(image, 0x30000, 0x8100000000040000);
+  // A leak repair must not free the L2 table or the data it maps, because
+  // QEMU ignores the reserved bits and still reads through that entry.
+  MustRun({"qemu-img", "convert", "-O", "raw", image, dir.File("before.raw")});
+  EXPECT_EQ(RunProcess({testing::ForkvmmImg(), "img", "check", "-q", "-r", "leaks", image})
+                .exit_code,
+            2);
+  MustRun({"qemu-img", "convert", "-O", "raw", image, dir.File("after.raw")});
+  EXPECT_TRUE(testing::ReadFileBytes(dir.File("before.raw")) ==
+              testing::ReadFileBytes(dir.File("after.raw")))
+      << "the leak repair changed the data QEMU reads";
+}
+
+TEST(QemuInteropTest, CheckCountsTablesPastTheEndAsCorruption) {
+  SKIP_WITHOUT_QEMU();
+  TempDir dir;
+  const std::string l1 = MakeQemuImageWithData(dir, "l1.qcow2");
+  PatchBe64(l1, 40, 0x10000000);  // l1_table_offset
+  CheckResults l1_before = CheckWithBoth(l1);
+  EXPECT_EQ(l1_before.qemu_exit, 2);
+  EXPECT_EQ(l1_before.forkvmm.exit_code, 2) << l1_before.forkvmm.out << l1_before.forkvmm.err;
+  EXPECT_EQ(testing::Lines(l1_before.forkvmm.out).at(0),
+            "ERROR L1 table at offset 0x10000000 (8 bytes) extends past the end of the file "
+            "(size 0x160000)");
+  // The mapping is lost, so the repair cannot make the image clean.
+  CheckResults l1_repaired = CheckWithBoth(l1, {"-r", "all"});
+  EXPECT_EQ(l1_repaired.forkvmm.exit_code, 2) << l1_repaired.forkvmm.out;
+  EXPECT_EQ(l1_repaired.qemu_exit, 2);
+
+  const std::string refcounts = MakeQemuImageWithData(dir, "refcounts.qcow2");
+  const std::vector<uint8_t> data = ReadWithQemu(dir, refcounts);
+  PatchBe64(refcounts, 48, 0x10000000);  // refcount_table_offset
+  CheckResults refcounts_before = CheckWithBoth(refcounts);
+  EXPECT_EQ(refcounts_before.qemu_exit, 2);
+  EXPECT_EQ(refcounts_before.forkvmm.exit_code, 2) << refcounts_before.forkvmm.err;
+  EXPECT_EQ(testing::Lines(refcounts_before.forkvmm.out).at(0),
+            "ERROR refcount table at offset 0x10000000 (65536 bytes) extends past the end of the "
+            "file (size 0x160000)");
+  // The refcounts can be rebuilt from the tables, which are intact.
+  CheckResults refcounts_repaired = CheckWithBoth(refcounts, {"-r", "all"});
+  EXPECT_EQ(refcounts_repaired.forkvmm.exit_code, 0) << refcounts_repaired.forkvmm.out;
+  EXPECT_EQ(refcounts_repaired.qemu_exit, 0);
+  ExpectSameDisk(ReadWithForkvmm(refcounts), data, "after rebuilding the refcounts");
+}
+
 }  // namespace
 }  // namespace forkvmm::block
