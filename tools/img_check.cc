@@ -89,6 +89,9 @@ int RunCheck(const CheckArgs& args) {
   RepairMode mode = args.repair == "all"     ? RepairMode::kAll
                     : args.repair == "leaks" ? RepairMode::kLeaks
                                              : RepairMode::kNone;
+  // A looping chain cannot be opened, so the check reports it as not completed.
+  Status chain = WalkBackingChain(args.path, *format, [](auto&, auto&) -> Status { return Ok(); });
+  if (!chain.ok()) return Fail(chain.error(), kExitNotCompleted);
   Result<CheckReport> report = block::qcow2::CheckImage(args.path, mode);
   if (!report.ok()) return Fail(report.error(), kExitNotCompleted);
   if (args.json) {

@@ -1,7 +1,9 @@
 // `forkvmm img`: create, inspect, check and merge disk images.
 #include <fmt/core.h>
+#include <sys/stat.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -9,6 +11,7 @@
 
 #include "devices/block/image.h"
 #include "devices/block/image_ops.h"
+#include "devices/block/qcow2.h"
 #include "tools/command.h"
 #include "tools/img_internal.h"
 #include "tools/img_progress.h"
@@ -20,6 +23,39 @@ namespace img {
 Result<block::ImageFormat> ResolveFormat(const std::string& path, const std::string& format_name) {
   if (!format_name.empty()) return block::ParseFormatName(format_name);
   return block::ProbeImageFormat(path);
+}
+
+Status WalkBackingChain(const std::string& path, block::ImageFormat format,
+                        const std::function<Status(const std::string&, const struct stat&)>& visit) {
+  std::vector<std::pair<dev_t, ino_t>> seen;
+  std::string layer = path;
+  struct stat st {};
+  if (::stat(layer.c_str(), &st) != 0) return Ok();
+  for (int depth = 0; depth < block::kMaxBackingChainDepth; ++depth) {
+    seen.emplace_back(st.st_dev, st.st_ino);
+    TRY(visit(layer, st));
+    if (format != block::ImageFormat::kQcow2) return Ok();
+    auto image = block::OpenImage(layer, format, {.read_only = true, .open_backing = false});
+    if (!image.ok()) return Ok();
+    const auto* qcow2 = dynamic_cast<const block::Qcow2Backend*>(image->get());
+    if (qcow2 == nullptr) return Ok();
+    const block::qcow2::Header& header = qcow2->header();
+    if (header.backing_file.empty() || !header.backing_format) return Ok();
+    Result<block::ImageFormat> backing_format = block::ParseFormatName(*header.backing_format);
+    if (!backing_format.ok()) return Ok();
+    std::string backing = block::ResolveBackingPath(layer, header.backing_file);
+    if (::stat(backing.c_str(), &st) != 0) return Ok();
+    for (const auto& [dev, ino] : seen) {
+      if (dev == st.st_dev && ino == st.st_ino) {
+        return Error(fmt::format("{}: backing file '{}' is already in the backing chain, which "
+                                 "would make a loop",
+                                 layer, header.backing_file));
+      }
+    }
+    layer = std::move(backing);
+    format = *backing_format;
+  }
+  return Ok();
 }
 
 std::string HumanSize(uint64_t bytes) {
@@ -128,9 +164,47 @@ Result<block::CreateImageOptions> BuildCreateOptions(CreateArgs& args) {
   return options;
 }
 
+// Returns `path` made absolute, with the symlinks of its existing part
+// resolved, or an empty path when that fails.
+std::filesystem::path CanonicalName(const std::string& path) {
+  std::error_code error;
+  std::filesystem::path absolute = std::filesystem::absolute(path, error);
+  if (error) return {};
+  std::filesystem::path name = std::filesystem::weakly_canonical(absolute, error);
+  return error ? std::filesystem::path() : name;
+}
+
+// Fails when the image about to be created at `path` is its own backing
+// file or a layer of the backing chain, which creating it would overwrite.
+// The names are compared first, because the new image need not exist yet.
+Status CheckBackingIsNotImage(const std::string& path, const block::CreateImageOptions& options) {
+  if (options.backing_file.empty() || !options.backing_format) return Ok();
+  const std::string backing = block::ResolveBackingPath(path, options.backing_file);
+  std::filesystem::path image_name = CanonicalName(path);
+  if (!image_name.empty() && image_name == CanonicalName(backing)) {
+    return Error(fmt::format("{}: the backing file '{}' is the image being created", path,
+                             options.backing_file));
+  }
+  struct stat image {};
+  if (::stat(path.c_str(), &image) != 0) return Ok();
+  return WalkBackingChain(
+      backing, *options.backing_format, [&](const std::string& layer, const struct stat& st) -> Status {
+        if (st.st_dev != image.st_dev || st.st_ino != image.st_ino) return Ok();
+        if (layer == backing) {
+          return Error(fmt::format("{}: the backing file '{}' is the image being created", path,
+                                   options.backing_file));
+        }
+        return Error(fmt::format("{}: the backing chain of '{}' contains the image being "
+                                 "created (as {})",
+                                 path, options.backing_file, layer));
+      });
+}
+
 int RunCreate(CreateArgs& args) {
   Result<block::CreateImageOptions> options = BuildCreateOptions(args);
   if (!options.ok()) return Fail(std::move(options).error().WithContext(args.path));
+  Status distinct = CheckBackingIsNotImage(args.path, *options);
+  if (!distinct.ok()) return Fail(distinct.error());
   Status created = block::CreateImage(args.path, *options);
   if (!created.ok()) return Fail(created.error());
   if (args.quiet) return 0;

@@ -96,6 +96,11 @@ int RunInfo(const InfoArgs& args) {
   block::OpenOptions options{.read_only = true, .open_backing = args.backing_chain};
   auto image = block::OpenImage(args.path, *format, options);
   if (!image.ok()) return Fail(image.error());
+  if (!args.backing_chain) {
+    // Opening the chain above already rejects a loop.
+    Status chain = WalkBackingChain(args.path, *format, [](auto&, auto&) -> Status { return Ok(); });
+    if (!chain.ok()) return Fail(chain.error());
+  }
 
   std::vector<const BlockBackend*> layers;
   for (const BlockBackend* layer = image->get(); layer != nullptr; layer = layer->backing()) {

@@ -1,7 +1,10 @@
 // Shared pieces of the `forkvmm img` subcommands (tools/img_*.cc).
 #pragma once
 
+#include <sys/stat.h>
+
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "devices/block/block_backend.h"
@@ -12,6 +15,15 @@ namespace forkvmm::cli::img {
 // Returns the format named by `-f`, or probes the image when none was given.
 // Only top images named on the command line are ever probed.
 Result<block::ImageFormat> ResolveFormat(const std::string& path, const std::string& format_name);
+
+// Calls `visit` with the path and stat of each layer of the backing chain
+// from `path` down, opening each layer alone and read-only. Fails with one
+// line naming the image whose backing file is already in the chain, or with
+// the first error `visit` returns. A layer that cannot be opened, or that
+// names a backing file without a format, ends the walk without an error:
+// opening the whole chain reports those.
+Status WalkBackingChain(const std::string& path, block::ImageFormat format,
+                        const std::function<Status(const std::string&, const struct stat&)>& visit);
 
 // Formats a byte count with a binary unit, three significant digits ("1.5 GiB").
 std::string HumanSize(uint64_t bytes);

@@ -267,6 +267,27 @@ TEST(HostileImageTest, BackingChainLoop) {
   auto opened = OpenImage(dir.File("b.qcow2"), ImageFormat::kQcow2);
   ASSERT_FALSE(opened.ok());
   EXPECT_EQ(opened.error().message(), expected);
+  // info without --backing-chain and check open no backing file, but they
+  // follow the names and reject the loop too.
+  for (const char* command : {"info", "check"}) {
+    testing::ProcessResult result =
+        RunProcess({testing::ForkvmmImg(), "img", command, dir.File("b.qcow2")}, kHostileLimits);
+    EXPECT_EQ(result.signal, 0) << command;
+    EXPECT_EQ(result.exit_code, 1) << command;
+    EXPECT_EQ(result.out, "") << command;
+    EXPECT_EQ(result.err, "forkvmm: " + expected + "\n") << command;
+  }
+  const std::string self = MakeValidImage(dir, "self.qcow2");
+  {
+    auto file = ImageFile::Open(self, true).value();
+    ASSERT_TRUE(qcow2::SetBackingFile(file, "self.qcow2", "qcow2").ok());
+  }
+  testing::ProcessResult check =
+      RunProcess({testing::ForkvmmImg(), "img", "check", self}, kHostileLimits);
+  EXPECT_EQ(check.exit_code, 1);
+  EXPECT_EQ(check.err, "forkvmm: " + self +
+                           ": backing file 'self.qcow2' is already in the backing chain, which "
+                           "would make a loop\n");
   EXPECT_EQ(HashFile(a), hash_a);
   EXPECT_EQ(HashFile(dir.File("b.qcow2")), hash_b);
 }

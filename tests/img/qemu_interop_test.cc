@@ -3,6 +3,7 @@
 // and images forkvmm writes must pass `qemu-img check` and `qemu-img compare`.
 #include <fmt/core.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -585,6 +586,58 @@ TEST(QemuInteropTest, CheckCountsTablesPastTheEndAsCorruption) {
   EXPECT_EQ(refcounts_repaired.forkvmm.exit_code, 0) << refcounts_repaired.forkvmm.out;
   EXPECT_EQ(refcounts_repaired.qemu_exit, 0);
   ExpectSameDisk(ReadWithForkvmm(refcounts), data, "after rebuilding the refcounts");
+}
+
+TEST(QemuInteropTest, CreateRejectsItsOwnBackingFile) {
+  SKIP_WITHOUT_QEMU();
+  TempDir dir;
+  const std::string top = dir.File("top.qcow2");
+  MustRun({"qemu-img", "create", "-q", "-f", "qcow2", top, "1M"});
+  QemuIo(top, {"write -P 0x61 0 64k"});
+  const std::string hash = testing::HashFile(top);
+
+  // qemu-img 7.2 compares the two names as strings, so only identical
+  // names show its error.
+  testing::ProcessResult qemu =
+      RunProcess({"qemu-img", "create", "-f", "qcow2", "-b", top, "-F", "qcow2", top});
+  EXPECT_EQ(qemu.exit_code, 1) << qemu.out;
+  EXPECT_NE(qemu.err.find("same filename as the backing file"), std::string::npos) << qemu.err;
+  ASSERT_EQ(testing::HashFile(top), hash) << "qemu-img changed the image";
+
+  ASSERT_EQ(symlink("top.qcow2", dir.File("link.qcow2").c_str()), 0);
+  ASSERT_EQ(link(top.c_str(), dir.File("hard.qcow2").c_str()), 0);
+  MustRun({testing::ForkvmmImg(), "img", "create", "-q", "-b", "top.qcow2", "-F", "qcow2",
+           dir.File("mid.qcow2")});
+  struct Case {
+    std::string backing;
+    std::string reason;
+  };
+  const Case cases[] = {
+      {"top.qcow2", "the backing file 'top.qcow2' is the image being created"},
+      {"./top.qcow2", "the backing file './top.qcow2' is the image being created"},
+      {dir.File("top.qcow2"), "the backing file '" + top + "' is the image being created"},
+      {"link.qcow2", "the backing file 'link.qcow2' is the image being created"},
+      {"hard.qcow2", "the backing file 'hard.qcow2' is the image being created"},
+      {"mid.qcow2", "the backing chain of 'mid.qcow2' contains the image being created (as " +
+                        top + ")"},
+  };
+  for (const Case& c : cases) {
+    testing::ProcessResult created = RunProcess(
+        {testing::ForkvmmImg(), "img", "create", "-b", c.backing, "-F", "qcow2", top});
+    EXPECT_EQ(created.exit_code, 1) << c.backing;
+    EXPECT_EQ(created.out, "") << c.backing;
+    EXPECT_EQ(created.err, "forkvmm: " + top + ": " + c.reason + "\n");
+    EXPECT_EQ(testing::HashFile(top), hash) << c.backing << ": forkvmm changed the image";
+  }
+  // The image does not exist yet: the names alone show the loop.
+  const std::string fresh = dir.File("fresh.qcow2");
+  testing::ProcessResult created = RunProcess(
+      {testing::ForkvmmImg(), "img", "create", "-b", "fresh.qcow2", "-F", "qcow2", fresh});
+  EXPECT_EQ(created.exit_code, 1);
+  EXPECT_EQ(created.err,
+            "forkvmm: " + fresh + ": the backing file 'fresh.qcow2' is the image being created\n");
+  EXPECT_NE(access(fresh.c_str(), F_OK), 0) << "forkvmm created the image";
+  ExpectQemuCheckClean(top);
 }
 
 }  // namespace
