@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <utility>
@@ -19,18 +20,23 @@ namespace {
 // The files already open in one chain, used to reject loops.
 using ChainFiles = std::vector<std::pair<dev_t, ino_t>>;
 
-Status AddToChain(const ImageFile& file, ChainFiles& chain, const std::string& named_by,
-                  const std::string& name) {
-  ASSIGN_OR_RETURN(struct stat st, file.Stat());
-  auto key = std::make_pair(st.st_dev, st.st_ino);
+Status CheckNotInChain(const struct stat& st, const ChainFiles& chain,
+                       const std::string& named_by, const std::string& name) {
   for (const auto& seen : chain) {
-    if (seen == key) {
+    if (seen == std::make_pair(st.st_dev, st.st_ino)) {
       return Error(fmt::format("{}: backing file '{}' is already in the backing chain, which would "
                                "make a loop",
                                named_by, name));
     }
   }
-  chain.push_back(key);
+  return Ok();
+}
+
+Status AddToChain(const ImageFile& file, ChainFiles& chain, const std::string& named_by,
+                  const std::string& name) {
+  ASSIGN_OR_RETURN(struct stat st, file.Stat());
+  TRY(CheckNotInChain(st, chain, named_by, name));
+  chain.emplace_back(st.st_dev, st.st_ino);
   return Ok();
 }
 
@@ -60,8 +66,14 @@ Result<std::unique_ptr<BlockBackend>> OpenBacking(const Qcow2Backend& image,
   }
   std::string resolved = ResolveBackingPath(image.path(), name);
   const bool writable = depth == 0 && options.writable_backing;
-  Result<ImageFile> file = ImageFile::Open(resolved, writable);
+  // Detect a loop before opening, because a second open of a file in the
+  // chain would fail on its own lock first.
+  struct stat named {};
+  if (::stat(resolved.c_str(), &named) == 0) TRY(CheckNotInChain(named, chain, image.path(), name));
+  Result<ImageFile> file = ImageFile::Open(resolved, writable, options.force_share && !writable);
   if (!file.ok()) {
+    // A lock conflict names the backing file already.
+    if (file.error().errnum() == EAGAIN) return std::move(file).error();
     std::string shown = resolved == name ? fmt::format("'{}'", name)
                                          : fmt::format("'{}' (resolved to '{}')", name, resolved);
     return Error(fmt::format("{}: cannot open backing file {}{}: {}", image.path(), shown,
@@ -129,7 +141,7 @@ std::string ResolveBackingPath(const std::string& image_path, const std::string&
 Result<std::unique_ptr<BlockBackend>> OpenImage(const std::string& path, ImageFormat format,
                                                 const OpenOptions& options) {
   const bool writable = !options.read_only && options.open_backing;
-  ASSIGN_OR_RETURN(ImageFile file, ImageFile::Open(path, writable));
+  ASSIGN_OR_RETURN(ImageFile file, ImageFile::Open(path, writable, options.force_share));
   ChainFiles chain;
   TRY(AddToChain(file, chain, path, path));
   return OpenLayer(std::move(file), format, options, chain, 0);
@@ -166,7 +178,10 @@ Result<std::unique_ptr<BlockBackend>> OpenOverlayOn(const std::string& overlay_p
 }
 
 Result<ImageFormat> ProbeImageFormat(const std::string& path) {
-  ASSIGN_OR_RETURN(ImageFile file, ImageFile::Open(path, /*writable=*/false));
+  // Reading the magic needs no lock against writers, and the open the tool
+  // makes next reports a conflict in its own terms.
+  ASSIGN_OR_RETURN(ImageFile file,
+                   ImageFile::Open(path, /*writable=*/false, /*force_share=*/true));
   uint8_t magic[4] = {};
   TRY(file.ReadZeroFilled(0, magic));
   return qcow2::LoadBe32(magic) == qcow2::kMagic ? ImageFormat::kQcow2 : ImageFormat::kRaw;
@@ -217,8 +232,11 @@ Status CreateImage(const std::string& path, const CreateImageOptions& options) {
 Status CreateOverlay(const std::string& overlay_path, const std::string& backing_path,
                      ImageFormat backing_format, uint64_t cluster_size) {
   std::string resolved = ResolveBackingPath(overlay_path, backing_path);
+  // Only the size is read, and a VM about to fork still has the layer open
+  // read-write, so this open shares write access.
   ASSIGN_OR_RETURN(std::unique_ptr<BlockBackend> backing,
-                   OpenImage(resolved, backing_format, {.read_only = true, .open_backing = false}));
+                   OpenImage(resolved, backing_format,
+                             {.read_only = true, .open_backing = false, .force_share = true}));
   return CreateOverlayOfSize(overlay_path, backing_path, backing_format, backing->size(),
                              cluster_size);
 }

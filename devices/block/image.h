@@ -36,6 +36,10 @@ struct OpenOptions {
   // Opens the layer directly below the image read-write, for merging the
   // image into it (commit). Deeper layers stay read-only.
   bool writable_backing = false;
+  // Lets other processes write and resize the files while they are open, as
+  // qemu-img -U does; only with read_only. What is read may then be
+  // inconsistent.
+  bool force_share = false;
 };
 
 // Opens `path` as `format` with its whole backing chain; backing layers are

@@ -10,29 +10,47 @@
 #include <cstring>
 #include <vector>
 
+#include "devices/block/image_lock.h"
+
 namespace forkvmm::block {
 
-Result<ImageFile> ImageFile::Open(const std::string& path, bool writable) {
+Result<ImageFile> ImageFile::Open(const std::string& path, bool writable, bool force_share) {
+  if (writable && force_share) {
+    return Error(fmt::format("{}: force-share is only for read-only opens", path), EINVAL);
+  }
   int flags = (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC;
-  int fd = ::open(path.c_str(), flags);
-  if (fd < 0) {
+  UniqueFd fd(::open(path.c_str(), flags));
+  if (!fd.valid()) {
     int errnum = errno;
     return Error(fmt::format("{}: cannot open {}: {}", path, writable ? "read-write" : "read-only",
                              std::strerror(errnum)),
                  errnum);
   }
-  return ImageFile(path, UniqueFd(fd), writable);
+  TRY(LockImage(fd.get(), path, PermissionsFor(writable, force_share)));
+  return ImageFile(path, std::move(fd), writable);
 }
 
 Result<ImageFile> ImageFile::Create(const std::string& path, CreateMode mode) {
+  // O_TRUNC would empty an image that another process uses before the lock
+  // check could fail, so an existing file is truncated after locking.
   int flags = O_RDWR | O_CREAT | O_CLOEXEC;
-  flags |= mode == CreateMode::kExclusive ? O_EXCL : O_TRUNC;
-  int fd = ::open(path.c_str(), flags, 0644);
-  if (fd < 0) {
+  if (mode == CreateMode::kExclusive) flags |= O_EXCL;
+  UniqueFd fd(::open(path.c_str(), flags, 0644));
+  if (!fd.valid()) {
     int errnum = errno;
     return Error(fmt::format("{}: cannot create: {}", path, std::strerror(errnum)), errnum);
   }
-  return ImageFile(path, UniqueFd(fd), true);
+  TRY(LockImage(fd.get(), path, PermissionsFor(/*writable=*/true, /*force_share=*/false)));
+  ImageFile file(path, std::move(fd), true);
+  if (mode == CreateMode::kTruncate) TRY(file.Truncate(0));
+  return file;
+}
+
+Result<ImageFile> ImageFile::ReopenReadOnly() const {
+  UniqueFd fd(::open(path_.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return IoError("cannot reopen read-only", errno);
+  TRY(TransferImageLock(fd.get(), path_, PermissionsFor(/*writable=*/false, false)));
+  return ImageFile(path_, std::move(fd), false);
 }
 
 Error ImageFile::IoError(std::string_view what, int errnum) const {

@@ -4,6 +4,10 @@
 // returns ("disk.qcow2: reading 512 bytes at offset 0x10000: Input/output
 // error"), so callers can pass errors up without adding the path again.
 // Not thread-safe; positional I/O only, so the fd has no shared file offset.
+//
+// Every open takes QEMU-compatible image locks on its fd (image_lock.h), so
+// an image in use by forkvmm, QEMU or qemu-img cannot be opened in a
+// conflicting way. The locks are released when the fd closes.
 #pragma once
 
 #include <sys/stat.h>
@@ -26,10 +30,19 @@ class ImageFile {
 
   ImageFile() = default;
 
-  // Opens an existing file, read-write when `writable`. The fd is O_CLOEXEC.
-  static Result<ImageFile> Open(const std::string& path, bool writable);
-  // Creates (or truncates) a regular file with mode 0644 and opens it read-write.
+  // Opens an existing file, read-write when `writable`, and locks it. The fd
+  // is O_CLOEXEC. `force_share` (read-only opens only, like qemu-img -U)
+  // lets others write the file meanwhile. Fails with EAGAIN, changing
+  // nothing, when another open holds a conflicting lock.
+  static Result<ImageFile> Open(const std::string& path, bool writable, bool force_share = false);
+  // Creates (or truncates) a regular file with mode 0644, opens it read-write
+  // and locks it. An existing file is truncated only after the lock is taken.
   static Result<ImageFile> Create(const std::string& path, CreateMode mode);
+
+  // Opens the same file again read-only and moves this open's locks to the
+  // new fd, reduced to those of a read-only open. No other open can take the
+  // file in between, because this fd keeps its locks until it closes.
+  Result<ImageFile> ReopenReadOnly() const;
 
   const std::string& path() const { return path_; }
   int fd() const { return fd_.get(); }

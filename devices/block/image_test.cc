@@ -64,8 +64,10 @@ TEST(ImageChainTest, LoopIsRejected) {
   ASSERT_TRUE(CreateImage(dir.File("a.qcow2"), {.size = 1 << 20}).ok());
   MakeOverlay(dir.File("b.qcow2"), "a.qcow2", ImageFormat::kQcow2);
   // Point a.qcow2 at b.qcow2 behind the creator's back.
-  auto file = ImageFile::Open(dir.File("a.qcow2"), true).value();
-  ASSERT_TRUE(qcow2::SetBackingFile(file, "b.qcow2", "qcow2").ok());
+  {
+    auto file = ImageFile::Open(dir.File("a.qcow2"), true).value();
+    ASSERT_TRUE(qcow2::SetBackingFile(file, "b.qcow2", "qcow2").ok());
+  }
   std::string hash = HashFile(dir.File("b.qcow2"));
   EXPECT_EQ(OpenError(dir.File("b.qcow2"), ImageFormat::kQcow2),
             dir.File("a.qcow2") +
@@ -76,8 +78,10 @@ TEST(ImageChainTest, LoopIsRejected) {
 TEST(ImageChainTest, SelfReferenceIsRejected) {
   TempDir dir;
   ASSERT_TRUE(CreateImage(dir.File("a.qcow2"), {.size = 1 << 20}).ok());
-  auto file = ImageFile::Open(dir.File("a.qcow2"), true).value();
-  ASSERT_TRUE(qcow2::SetBackingFile(file, "a.qcow2", "qcow2").ok());
+  {
+    auto file = ImageFile::Open(dir.File("a.qcow2"), true).value();
+    ASSERT_TRUE(qcow2::SetBackingFile(file, "a.qcow2", "qcow2").ok());
+  }
   EXPECT_EQ(OpenError(dir.File("a.qcow2"), ImageFormat::kQcow2),
             dir.File("a.qcow2") +
                 ": backing file 'a.qcow2' is already in the backing chain, which would make a loop");
@@ -97,8 +101,10 @@ TEST(ImageChainTest, BackingWithoutFormatIsRejected) {
   TempDir dir;
   ASSERT_TRUE(CreateImage(dir.File("base.raw"), {.format = ImageFormat::kRaw, .size = 4096}).ok());
   ASSERT_TRUE(CreateImage(dir.File("top.qcow2"), {.size = 4096}).ok());
-  auto file = ImageFile::Open(dir.File("top.qcow2"), true).value();
-  ASSERT_TRUE(qcow2::SetBackingFile(file, "base.raw", "").ok());
+  {
+    auto file = ImageFile::Open(dir.File("top.qcow2"), true).value();
+    ASSERT_TRUE(qcow2::SetBackingFile(file, "base.raw", "").ok());
+  }
   EXPECT_EQ(OpenError(dir.File("top.qcow2"), ImageFormat::kQcow2),
             dir.File("top.qcow2") +
                 ": backing file 'base.raw' has no recorded format, and forkvmm does not guess "
@@ -158,6 +164,7 @@ TEST(ForkHelpersTest, FreezeAndBranchGivesIndependentOverlays) {
                            .value();
   EXPECT_EQ(static_cast<Qcow2Backend&>(*parent_header).header().backing_file,
             dir.File("disk.qcow2"));
+  parent_header.reset();  // its read lock would reject the writable open below
 
   // In one process the child opens its own copy of the chain; the parent
   // stacks its overlay on the frozen layer it already has open.
@@ -196,6 +203,7 @@ TEST(ForkHelpersTest, RelativeLayerGivesRelativeBackingPath) {
   auto overlay = OpenImage("forks/c.qcow2", ImageFormat::kQcow2, {.open_backing = false}).value();
   EXPECT_EQ(static_cast<Qcow2Backend&>(*overlay).header().backing_file, "../disk.qcow2");
   EXPECT_EQ(static_cast<Qcow2Backend&>(*overlay).header().backing_format, "qcow2");
+  overlay.reset();  // its read lock would reject the writable open below
   EXPECT_TRUE(OpenImage("forks/c.qcow2", ImageFormat::kQcow2).ok());
   ASSERT_EQ(chdir("/"), 0);
 }

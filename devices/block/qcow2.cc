@@ -661,7 +661,7 @@ void Qcow2Backend::StartFlush(IoQueue& queue, IoCallback done) {
 Status Qcow2Backend::DoReopenReadOnly() {
   TRY(FreePendingClusters());
   TRY(file_.DataSync());
-  ASSIGN_OR_RETURN(ImageFile reopened, ImageFile::Open(path_, /*writable=*/false));
+  ASSIGN_OR_RETURN(ImageFile reopened, file_.ReopenReadOnly());
   ASSIGN_OR_RETURN(file_size_, reopened.Size());
   file_ = std::move(reopened);
   refcounts_.reset();

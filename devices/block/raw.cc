@@ -73,7 +73,7 @@ Status RawBackend::GrowTo(uint64_t new_size) {
 }
 
 Status RawBackend::DoReopenReadOnly() {
-  ASSIGN_OR_RETURN(ImageFile reopened, ImageFile::Open(path_, /*writable=*/false));
+  ASSIGN_OR_RETURN(ImageFile reopened, file_.ReopenReadOnly());
   file_ = std::move(reopened);
   return Ok();
 }
