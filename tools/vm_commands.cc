@@ -247,22 +247,38 @@ int RunKill(const Target& target, double timeout_seconds) {
     return 1;
   }
   pid_t pid = located->record.pid;
+  uint64_t start_ticks = located->record.pid_start_ticks;
+  auto alive = [pid, start_ticks] { return ProcessAlive(pid, start_ticks); };
+  // Waits until the VM process is gone or `seconds` have passed.
+  auto wait_for_exit = [&alive](double seconds) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    while (alive() && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return !alive();
+  };
+
   auto client = Connect(*located);
   if (client.ok()) {
     auto reply = client->Execute("quit");
     (void)reply;
   }
-  auto deadline =
-      std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_seconds);
-  while (ProcessAlive(pid) && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  if (wait_for_exit(timeout_seconds)) return 0;
+
+  // The VM did not stop in time: end its process. The pid and its start
+  // time came from the VM's own record and were checked just now. Waiting
+  // for the exit lets the caller reuse the VM's disks at once.
+  // NOTE: a process killed with io_uring requests in flight keeps its image
+  // files, and their locks, open until the kernel's asynchronous ring
+  // teardown ends, which can be a moment after the process is gone.
+  kill(pid, SIGKILL);
+  constexpr double kKillWaitSeconds = 10;
+  if (!wait_for_exit(kKillWaitSeconds)) {
+    Fail("kill", fmt::format("VM {} (pid {}) is still running {} s after SIGKILL",
+                             located->record.id, pid, kKillWaitSeconds));
+    return 1;
   }
-  if (ProcessAlive(pid)) {
-    // The VM did not stop in time: end its process. The pid came from the
-    // VM's own record and was checked alive just now.
-    kill(pid, SIGKILL);
-    located->runtime.RemoveVm(located->record.id);
-  }
+  located->runtime.RemoveVm(located->record.id);
   return 0;
 }
 

@@ -38,6 +38,22 @@ void Report(int fd, uint64_t durable_records) {
 }
 
 // Writes records with the synchronous API until the disk is full.
+// Runs `qemu-img check` on `image`, retrying for up to 5 s while QEMU
+// reports that the image is locked. A writer killed with io_uring requests
+// in flight keeps its file, and with it its OFD lock, open until the
+// kernel's asynchronous ring teardown has finished, which waitpid() does
+// not wait for.
+testing::ProcessResult QemuImgCheck(const std::string& image) {
+  constexpr int kAttempts = 50;
+  testing::ProcessResult check;
+  for (int attempt = 0; attempt < kAttempts; ++attempt) {
+    check = RunProcess({"qemu-img", "check", image});
+    if (check.err.find("Failed to get") == std::string::npos) break;
+    usleep(100000);
+  }
+  return check;
+}
+
 int WriteSynchronously(BlockBackend& disk, int report_fd) {
   std::vector<uint8_t> record(kRecordSize);
   for (uint64_t i = 0; (i + 1) * kRecordSize <= kDiskSize; ++i) {
@@ -127,7 +143,7 @@ TEST_P(CrashTest, KilledWriterLeavesConsistentImage) {
     close(pipe_fds[0]);
     RecordProperty("durable_records", static_cast<int>(durable));
 
-    testing::ProcessResult check = RunProcess({"qemu-img", "check", image});
+    testing::ProcessResult check = QemuImgCheck(image);
     EXPECT_TRUE(check.exit_code == 0 || check.exit_code == 3)
         << "qemu-img check exit " << check.exit_code << ":\n" << check.out << check.err;
     auto ours = qcow2::CheckImage(image, qcow2::RepairMode::kNone);
