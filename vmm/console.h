@@ -90,8 +90,8 @@ class ConsoleHub : public devices::ByteSink {
     UniqueFd fd;
     std::string path;
     std::atomic<uint64_t> dropped_bytes{0};
-    // The first write error is logged, later ones at most once a minute: a
-    // full disk fails every write the guest makes.
+    // The first write error is logged, later ones at most once a minute,
+    // because a full disk fails every write the guest makes.
     RateLimiter error_limiter{1, std::chrono::minutes(1)};
   };
   ConsoleHub(UniqueFd log, std::string log_path, UniqueFd extra_log, std::string extra_log_path,

@@ -94,36 +94,46 @@ Status ValidateVmName(const std::string& name) {
   return Ok();
 }
 
-uint64_t ProcessStartTicks(pid_t pid) {
+namespace {
+
+// Reads the state (field 3) and start time (field 22) of `pid` from
+// /proc/<pid>/stat. False if the file cannot be read or parsed.
+bool ReadProcessStat(pid_t pid, char& state, uint64_t& start_ticks) {
   std::ifstream stat(fmt::format("/proc/{}/stat", pid));
   std::string line;
-  if (!std::getline(stat, line)) return 0;
+  if (!std::getline(stat, line)) return false;
   // The command name in field 2 may contain spaces and ')', so the fields
   // are counted from the last ')': field 3 (state) is the first after it.
   size_t close = line.rfind(')');
-  if (close == std::string::npos) return 0;
+  if (close == std::string::npos) return false;
   std::istringstream fields(line.substr(close + 1));
   std::string field;
   for (int number = 3; number <= 22; ++number) {
-    if (!(fields >> field)) return 0;
+    if (!(fields >> field)) return false;
+    if (number == 3) state = field[0];
   }
   char* end = nullptr;
-  uint64_t ticks = std::strtoull(field.c_str(), &end, 10);
-  return *end == '\0' ? ticks : 0;
+  start_ticks = std::strtoull(field.c_str(), &end, 10);
+  return *end == '\0';
+}
+
+}  // namespace
+
+uint64_t ProcessStartTicks(pid_t pid) {
+  char state = 0;
+  uint64_t start_ticks = 0;
+  return ReadProcessStat(pid, state, start_ticks) ? start_ticks : 0;
 }
 
 bool ProcessAlive(pid_t pid, uint64_t start_ticks) {
   if (pid <= 0) return false;
   if (kill(pid, 0) != 0 && errno == ESRCH) return false;
   // A zombie still answers kill(0); /proc tells it apart.
-  std::ifstream stat(fmt::format("/proc/{}/stat", pid));
-  std::string line;
-  if (!std::getline(stat, line)) return false;
-  size_t close = line.rfind(')');
-  if (close != std::string::npos && close + 2 < line.size() && line[close + 2] == 'Z') {
-    return false;
-  }
-  return start_ticks == 0 || ProcessStartTicks(pid) == start_ticks;
+  char state = 0;
+  uint64_t actual_ticks = 0;
+  if (!ReadProcessStat(pid, state, actual_ticks)) return false;
+  if (state == 'Z') return false;
+  return start_ticks == 0 || actual_ticks == start_ticks;
 }
 
 std::string RuntimeDirectory::DefaultRoot() {
